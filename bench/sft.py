@@ -37,12 +37,20 @@ SHAPES = {
 # name: (shape, kind, options)
 CASES = {
     "check": ("1p5b", "check", {}),
+    "attn": ("1p5b", "attn", {}),
+    "attn_7b": ("7b", "attn", {}),
     "trl_1p5b": ("1p5b", "trl", {"batch": 4}),
     "full_1p5b": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True}),
     "full_1p5b_ckpt": ("1p5b", "ours", {"mode": "full", "ckpt": True, "micro": 32768, "liger": True}),
     "lora_1p5b": ("1p5b", "ours", {"mode": "lora", "ckpt": False, "micro": 16384, "liger": True}),
     "full_1p5b_fsdp": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
                                         "launch": "fsdp2_1gpu"}),
+    "profile_full_1p5b_fsdp": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
+                                                "launch": "fsdp2_1gpu", "profile": True}),
+    "profile_full_1p5b": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
+                                           "profile": True}),
+    "full_1p5b_fsdp_ckpt": ("1p5b", "ours", {"mode": "full", "ckpt": True, "micro": 32768, "liger": True,
+                                             "launch": "fsdp2_1gpu"}),
     "lora_7b": ("7b", "ours", {"mode": "lora", "ckpt": True, "micro": 32768, "liger": True}),
     "lora_7b_32k": ("7b", "ours", {"mode": "lora", "ckpt": True, "micro": 32768, "liger": True,
                                    "lengths": "32k"}),
@@ -126,7 +134,9 @@ def run_check(shape: str, opts: dict) -> dict:
     h = torch.randn(6000, 1536, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     t = torch.randint(0, 151936, (6000,), device="cuda")
     t[:500] = -100
-    ref_loss = naive_cross_entropy(h.double(), head.double(), t)
+    head64 = torch.nn.Linear(1536, 151936, bias=False, device="cuda", dtype=torch.float64)
+    head64.weight.data.copy_(head.weight.data)
+    ref_loss = naive_cross_entropy(h.double(), head64, t)
     ref_g = torch.autograd.grad(ref_loss, h)[0]
     for impl in ("torch", "liger"):
         try:
@@ -138,6 +148,46 @@ def run_check(shape: str, opts: dict) -> dict:
             res[f"ce_{impl}_error"] = f"{type(exc).__name__}: {exc}"[:300]
     res["device"] = torch.cuda.get_device_name(0)
     res["torch"] = torch.__version__
+    return res
+
+
+def run_attn(shape: str, opts: dict) -> dict:
+    """fwd+bwd time of the packed attention kernels for one 16k-token micro-batch (Qwen2.5-1.5B heads)."""
+    import torch
+
+    from factory.train import packing
+
+    res = {}
+    heads, kv, dim = (12, 2, 128) if shape == "1p5b" else (28, 4, 128)
+    for docs in ([16384], [9000, 5000, 2384], [4096] * 4):
+        total = sum(docs)
+        bounds = [0] + torch.tensor(docs).cumsum(0).tolist()
+        cu = torch.tensor(bounds, dtype=torch.int32, device="cuda")
+        packing.remember_bounds(cu, bounds)
+        q = torch.randn(1, heads, total, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        k = torch.randn(1, kv, total, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        v = torch.randn(1, kv, total, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        flops = sum(2 * d * d * heads * dim for d in docs) * 3.5  # causal fwd (2 matmuls, /2) x (1 fwd + 2.5 bwd)
+        for kernel in ("flash", "cudnn", "auto"):
+            packing.CUDA_KERNEL = kernel
+            try:
+                def step():
+                    out, _ = packing.varlen_attention_forward(None, q, k, v, None, scaling=dim ** -0.5,
+                                                              cu_seq_lens_q=cu, max_length_q=max(docs))
+                    out.sum().backward()
+                for _ in range(3):
+                    step()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(10):
+                    step()
+                torch.cuda.synchronize()
+                ms = (time.perf_counter() - t0) / 10 * 1e3
+                res[f"{kernel}_{len(docs)}docs_ms"] = round(ms, 2)
+                res[f"{kernel}_{len(docs)}docs_tflops"] = round(flops / ms / 1e9, 1)
+            except Exception as exc:
+                res[f"{kernel}_{len(docs)}docs_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    packing.CUDA_KERNEL = "auto"
     return res
 
 
@@ -156,6 +206,8 @@ def run_ours(shape: str, opts: dict) -> dict:
                     max_length=opts["micro"], gradient_checkpointing=opts["ckpt"], liger=opts["liger"],
                     warmup_ratio=0.0, save_every_steps=0, progress=False, precision="fp32" if DRY else "bf16")
     with tempfile.TemporaryDirectory() as tmp:
+        if opts.get("profile"):
+            return profile_ours(cfg, samples, tmp, config)
         result = train(cfg, samples, tmp, model_config=config, export=False, save_final=False)
         log = [json.loads(line) for line in Path(result.log_path).read_text().splitlines()]
     timed = log[1:]
@@ -167,6 +219,25 @@ def run_ours(shape: str, opts: dict) -> dict:
             "mfu": tflops / peak_tflops(), "peak_mem_gib": max(r.get("peak_mem_gib", 0) for r in log),
             "timed_steps": len(timed), "timed_tokens": tokens, "loss": [r["loss"] for r in log],
             "mean_len": sum(len(s) for s in samples) / len(samples), "world": world}
+
+
+def profile_ours(cfg, samples, tmp, config) -> dict:
+    """Where the time goes: kernel time by op over the whole run (steps 2-4 dominate) vs wall time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from factory.train.trainer import train
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        started = time.perf_counter()
+        train(cfg, samples, tmp, model_config=config, export=False, save_final=False)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - started
+    events = prof.key_averages()
+    table = events.table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=60)
+    print(table)
+    kernel_s = sum(e.self_device_time_total for e in events) / 1e6
+    return {"wall_s_profiled": wall, "kernel_s": kernel_s, "table": table[-9000:]}
 
 
 def run_trl(shape: str, opts: dict) -> dict:
@@ -254,7 +325,7 @@ def run_case(name: str) -> dict:
     if DRY:
         shape, opts = "tiny", {**opts, "micro": 1024, "liger": False}
     started = time.time()
-    fn = {"check": run_check, "ours": run_ours, "trl": run_trl}[kind]
+    fn = {"check": run_check, "ours": run_ours, "trl": run_trl, "attn": run_attn}[kind]
     res = fn(shape, opts)
     res.update({"case": name, "shape": shape, "kind": kind, "options": opts, "wall_s": round(time.time() - started, 1)})
     return res
@@ -262,7 +333,8 @@ def run_case(name: str) -> dict:
 
 def child(name: str, result_file: str, timeout: int) -> dict:
     opts = CASES[name][2]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}", "PYTHONUNBUFFERED": "1",
+           **opts.get("env", {})}
     if opts.get("launch"):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(ROOT / "pipelines" / "accelerate" / f"{opts['launch']}.yaml")]

@@ -80,8 +80,14 @@ def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:
     model_sd, optim_sd = get_state_dict(model, optimizer, options=_OPTIONS)
     state = {"model": model_sd, "optim": optim_sd}
     dcp.load(state, checkpoint_id=str(path))
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
-                   options=_OPTIONS)
+    # non-strict: the checkpoint holds no frozen parameters (LoRA base); every trainable one must be there
+    result = set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"],
+                            options=StateDictOptions(ignore_frozen_params=True, strict=False))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    missing = [key for key in getattr(result, "missing_keys", []) if any(key.endswith(t) or t.endswith(key)
+                                                                          for t in trainable)]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks trainable parameters {missing[:5]}")
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     rng_file = path / f"rng-{_rank()}.pt"
     if rng_file.exists():

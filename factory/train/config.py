@@ -57,8 +57,10 @@ class SFTConfig(BaseModel):
     # speed and memory
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     gradient_checkpointing: bool = True
-    attn_implementation: Literal["auto", "varlen", "sdpa", "eager"] = Field(
-        "auto", description="auto = varlen: flash-attention varlen on GPU, per-document SDPA on CPU")
+    # Only the registered varlen attention keeps packed samples apart: transformers 5.19's sdpa/eager with
+    # restarting position ids and no mask attend across samples (tests/test_train_packing.py shows the leak).
+    attn_implementation: Literal["auto", "varlen"] = Field(
+        "auto", description="varlen: flash/cuDNN attention per sample on GPU, per-sample SDPA on CPU")
     liger: bool = Field(False, description="Liger RMSNorm/SwiGLU/RoPE kernels (GPU, needs liger-kernel)")
     loss_impl: Literal["auto", "liger", "torch"] = Field(
         "auto", description="fused linear+cross-entropy: liger (Triton) when installed on GPU, else torch")

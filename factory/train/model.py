@@ -44,9 +44,7 @@ def load_student(cfg: SFTConfig, device: torch.device, fsdp: bool = False, model
     config = model_config or AutoConfig.from_pretrained(cfg.student, trust_remote_code=cfg.trust_remote_code)
     check_causal_lm(config, cfg.student)
     precision = resolve_precision(cfg, device)
-    attn = cfg.attn_implementation
-    if attn in ("auto", "varlen"):
-        attn = register_varlen_attention()
+    attn = register_varlen_attention()
     # LoRA: frozen base in bf16. Full FT: fp32 master weights (FSDP casts to bf16 for compute; without FSDP,
     # autocast does), so small updates are not rounded away.
     dtype = torch.bfloat16 if (precision == "bf16" and cfg.mode == "lora") else torch.float32

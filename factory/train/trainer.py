@@ -124,9 +124,11 @@ def train(cfg: SFTConfig, samples: list[TokenizedSample], out_dir: str | Path, *
     install_fused_loss(causal_lm_of(model), loss_impl, cfg.loss_chunk_tokens)
     model.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
+    # fused AdamW on plain CUDA tensors; foreach for FSDP's DTensors (torch would otherwise fall back to a
+    # per-parameter loop: measured 250 ms per step for 1.5B on an H100)
+    speed = {"fused": True} if device_type == "cuda" and not fsdp else {"foreach": True}
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  eps=cfg.adam_eps, weight_decay=cfg.weight_decay,
-                                  fused=(device_type == "cuda" and not fsdp) or None)
+                                  eps=cfg.adam_eps, weight_decay=cfg.weight_decay, **speed)
     model, optimizer = accelerator.prepare(model, optimizer)
     inner_optimizer = getattr(optimizer, "optimizer", optimizer)
 
