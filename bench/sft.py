@@ -49,6 +49,16 @@ CASES = {
                                                 "launch": "fsdp2_1gpu", "profile": True}),
     "profile_full_1p5b": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
                                            "profile": True}),
+    "full_1p5b_fsdp_auto": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
+                                             "launch": "fsdp2_1gpu", "env": {"FACTORY_VARLEN_KERNEL": "auto"}}),
+    "full_1p5b_fsdp_cudnn": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
+                                              "launch": "fsdp2_1gpu", "env": {"FACTORY_VARLEN_KERNEL": "cudnn"}}),
+    "lora_7b_auto": ("7b", "ours", {"mode": "lora", "ckpt": True, "micro": 32768, "liger": True,
+                                    "env": {"FACTORY_VARLEN_KERNEL": "auto"}}),
+    "full_1p5b_fsdp_flash": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
+                                              "launch": "fsdp2_1gpu", "env": {"FACTORY_VARLEN_KERNEL": "flash"}}),
+    "full_1p5b_fsdp_torchce": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
+                                                "launch": "fsdp2_1gpu", "loss": "torch", "chunk": 8192}),
     "full_1p5b_fsdp_ckpt": ("1p5b", "ours", {"mode": "full", "ckpt": True, "micro": 32768, "liger": True,
                                              "launch": "fsdp2_1gpu"}),
     "lora_7b": ("7b", "ours", {"mode": "lora", "ckpt": True, "micro": 32768, "liger": True}),
@@ -146,6 +156,22 @@ def run_check(shape: str, opts: dict) -> dict:
             res[f"ce_{impl}_grad_rel_err"] = rel(g, ref_g.double())
         except Exception as exc:  # report, don't hide
             res[f"ce_{impl}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    # speed of the fused head+loss for one 16k-token micro-batch (fwd+bwd, trainable head)
+    head.weight.requires_grad_(True)
+    h = torch.randn(16384, 1536, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    t = torch.randint(0, 151936, (16384,), device="cuda")
+    for impl, chunk in (("liger", 0), ("torch", 2048), ("torch", 4096), ("torch", 8192)):
+        def step():
+            loss = fused_linear_cross_entropy(h, head, t, impl=impl, chunk=chunk or 4096)
+            torch.autograd.grad(loss, (h, head.weight))
+        for _ in range(2):
+            step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(5):
+            step()
+        torch.cuda.synchronize()
+        res[f"ce_{impl}{chunk or ''}_ms"] = round((time.perf_counter() - t0) / 5 * 1e3, 2)
     res["device"] = torch.cuda.get_device_name(0)
     res["torch"] = torch.__version__
     return res
@@ -204,7 +230,8 @@ def run_ours(shape: str, opts: dict) -> dict:
     cfg = SFTConfig(student=f"qwen2.5-{shape}-shape", init="random", mode=opts["mode"], epochs=1,
                     max_steps=n_steps, global_batch_size=batch, micro_batch_tokens=opts["micro"],
                     max_length=opts["micro"], gradient_checkpointing=opts["ckpt"], liger=opts["liger"],
-                    warmup_ratio=0.0, save_every_steps=0, progress=False, precision="fp32" if DRY else "bf16")
+                    warmup_ratio=0.0, save_every_steps=0, progress=False, precision="fp32" if DRY else "bf16",
+                    loss_impl=opts.get("loss", "auto"), loss_chunk_tokens=opts.get("chunk", 4096))
     with tempfile.TemporaryDirectory() as tmp:
         if opts.get("profile"):
             return profile_ours(cfg, samples, tmp, config)

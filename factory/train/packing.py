@@ -158,18 +158,30 @@ def _reference_varlen(q, k, v, cu, scale):
     return out
 
 
-# CUDA kernel of factory_varlen. "auto": samples of >= CUDNN_MIN_LEN tokens through cuDNN's fused attention (SDPA,
-# one call per sample), runs of shorter samples through one flash varlen call. Measured on an H100 (bench/sft.py
-# --cases attn, fwd+bwd, Qwen2.5-1.5B heads): one 16k sample 5.8 ms cuDNN vs 9.7 ms flash varlen; 4 x 4k samples
-# 3.9 ms cuDNN vs 3.1 ms flash. "flash" / "cudnn" force one kernel.
-CUDA_KERNEL = os.environ.get("FACTORY_VARLEN_KERNEL", "auto")
+# CUDA kernel of factory_varlen. "flash" (default): PyTorch's flash-attention varlen, one call per layer.
+# "auto": samples of >= CUDNN_MIN_LEN tokens through cuDNN's fused attention (SDPA, one call per sample), runs of
+# shorter samples through one flash varlen call. "cudnn": every sample through cuDNN. Measured on an H100
+# (bench/sft.py --cases attn, fwd+bwd, Qwen2.5-1.5B heads): one 16k sample 5.3 ms cuDNN vs 9.7 ms flash varlen;
+# 4 x 4k samples 2.8 vs 3.1 ms; but see _cudnn_one on plan builds in real training.
+CUDA_KERNEL = os.environ.get("FACTORY_VARLEN_KERNEL", "flash")
 CUDNN_MIN_LEN = int(os.environ.get("FACTORY_CUDNN_MIN_LEN", "6144"))
+CUDNN_BUCKET = int(os.environ.get("FACTORY_CUDNN_BUCKET", "1024"))
 _FLASH_KW = None
 _CUDNN_GQA: bool | None = None  # whether cuDNN takes grouped K/V heads natively (else K/V are expanded)
 
 
 def _cudnn_one(q, k, v, scale):
-    """Causal attention of one sample, [s, H, D] in and out, through SDPA's cuDNN backend."""
+    """Causal attention of one sample, [s, H, D] in and out, through SDPA's cuDNN backend. The length is padded
+    up to a multiple of CUDNN_BUCKET: cuDNN builds an execution plan per shape, and every new length costs a plan
+    build (measured: unpadded, real packed training ran 14% slower than flash varlen despite faster kernels)."""
+    length = q.shape[0]
+    padded = -(-length // CUDNN_BUCKET) * CUDNN_BUCKET
+    if padded != length:  # zero rows at the end: causal, so the real rows never see them
+        q, k, v = (F.pad(t, (0, 0, 0, 0, 0, padded - length)) for t in (q, k, v))
+    return _cudnn_sdpa(q, k, v, scale)[:length]
+
+
+def _cudnn_sdpa(q, k, v, scale):
     global _CUDNN_GQA
     from torch.nn.attention import SDPBackend, sdpa_kernel
 

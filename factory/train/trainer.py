@@ -233,8 +233,10 @@ def export_student(cfg: SFTConfig, accelerator, model, out: Path, tokenizer, eos
     tokenizer (template, pad) and a generation_config that stops on the end-of-turn token."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    from accelerate.utils import DistributedType
+
     unwrapped = accelerator.unwrap_model(model)
-    distributed = accelerator.num_processes > 1
+    distributed = accelerator.num_processes > 1 or accelerator.distributed_type == DistributedType.FSDP
     full_sd = None
     if distributed:  # gather the shards on the main process, on CPU
         full_sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
