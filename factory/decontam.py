@@ -15,6 +15,7 @@ import glob
 import hashlib
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,17 +180,20 @@ class NgramIndex:
         return len(self._grams)
 
     def match(self, text: str) -> tuple[str, str] | None:
-        """(benchmark name, problem id) of the first benchmark n-gram found in `text`, or None."""
+        """(benchmark name, problem id) sharing the most n-grams with `text` (ties: the earlier problem), or None.
+
+        Counting matters: boilerplate such as "express your answer as a common fraction" is shared by many problems;
+        the problem a prompt was copied from shares many more n-grams than that."""
         words = words_of(text)
         keys = ngram_hashes(words, self.n) if len(words) >= self.n else []
         if words:
             keys.append(_h64(" ".join(words)))  # a prompt equal to a short benchmark problem
-        for k in keys:
-            ref = self._grams.get(k)
-            if ref is not None:
-                bi, pid = self._refs[ref]
-                return self.names[bi], pid
-        return None
+        refs = Counter(ref for ref in map(self._grams.get, keys) if ref is not None)
+        if not refs:
+            return None
+        best = min(refs, key=lambda ref: (-refs[ref], ref))
+        bi, pid = self._refs[best]
+        return self.names[bi], pid
 
 
 @functools.lru_cache(maxsize=4)

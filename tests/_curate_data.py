@@ -73,3 +73,67 @@ def write_shard(path: Path, rows: list[dict]) -> Path:
             table = table.append_column(pa.field(name, typ), pa.array([r[name] for r in rows], typ))
     pq.write_table(table, path)
     return path
+
+
+# --- R1-length synthetic reasoning: seeded, varied enough to look like prose to the repetition and language
+# filters (zlib ratio ~3, no repeated 10-grams), with numbers, LaTeX and the usual "Wait," / "Let me check".
+_OPENERS = ["Okay,", "So", "Hmm,", "Wait,", "Alternatively,", "Now", "First,", "Then", "But", "Actually,",
+            "Therefore,", "Next,", "Also,", "Maybe", "Right,", "Hold on,", "Good,", "Similarly,", "In other words,",
+            "On the other hand,", "Let me see,", "Okay, so", "Hmm, wait,", "Let me think,", "To be careful,"]
+_NOUNS = ["sum", "product", "value", "remainder", "area", "triangle", "sequence", "term", "function", "equation",
+          "denominator", "probability", "polynomial", "circle", "radius", "slope", "integer", "difference", "ratio",
+          "number", "digit", "factor", "prime", "multiple", "angle", "side", "point", "line", "vertex", "edge",
+          "coefficient", "root", "solution", "case", "step", "condition", "constraint", "pattern", "argument",
+          "identity", "formula", "limit", "bound", "interval", "set", "element", "pair", "choice", "method",
+          "result", "expression", "parity", "symmetry", "perimeter", "height", "diagonal", "exponent", "graph"]
+_ADJS = ["first", "second", "last", "smallest", "largest", "given", "original", "new", "previous", "total",
+         "positive", "negative", "odd", "even", "remaining", "missing", "final", "whole", "other", "same",
+         "correct", "simpler", "harder", "general", "special", "obvious", "tricky", "exact", "rough", "careful"]
+_VERBS = ["equals", "is at most", "must be", "becomes", "divides", "exceeds", "matches", "simplifies to", "gives",
+          "reduces to", "is congruent to", "approaches", "counts", "bounds", "determines", "fixes", "changes",
+          "depends on", "cancels", "doubles", "contains", "excludes", "implies", "follows from", "satisfies"]
+_LINKS = ["because", "since", "so", "which means", "and therefore", "but", "while", "given that", "assuming",
+          "even though", "as long as", "unless", "so that", "after", "before", "whenever", "if"]
+_ADVS = ["clearly", "probably", "exactly", "roughly", "carefully", "again", "directly", "quickly", "simply",
+         "really", "actually", "certainly", "maybe", "definitely", "indeed", "still", "only", "just"]
+_CHECKS = ["Let me double-check that.", "Wait, is that right?", "Let me verify this with a small case.",
+           "Hmm, that seems off.", "Okay, that works.", "Let me recompute.", "So far so good.",
+           "That matches what I expected.", "Let me try another approach.", "I think that is correct."]
+
+
+def _phrase(rng) -> str:
+    return f"the {rng.choice(_ADJS)} {rng.choice(_NOUNS)}"
+
+
+def _math(rng) -> str:
+    a, b, c = rng.randint(2, 999), rng.randint(2, 99), rng.choice("xyznkmabc")
+    return rng.choice([f"${a} + {b} = {a + b}$", f"${c}^2 = {a}$", f"${a} \\times {b} = {a * b}$",
+                       f"$\\frac{{{a}}}{{{b}}}$", f"${c} = {a} - {b}$", f"${c} \\equiv {a % b} \\pmod{{{b}}}$",
+                       f"{a}", f"{a}/{b}", f"${c}_{{{b}}} = {a}$"])
+
+
+def _sentence(rng) -> str:
+    kind = rng.random()
+    if kind < 0.1:
+        return rng.choice(_CHECKS)
+    opener = rng.choice(_OPENERS)
+    if kind < 0.45:
+        s = f"{opener} {_phrase(rng)} {rng.choice(_VERBS)} {_math(rng)} {rng.choice(_LINKS)} {_phrase(rng)} " \
+            f"{rng.choice(_VERBS)} {_phrase(rng)}."
+    elif kind < 0.75:
+        s = f"{opener} {rng.choice(_ADVS)} {_phrase(rng)} of {_phrase(rng)} {rng.choice(_VERBS)} {_math(rng)}."
+    else:
+        s = f"{opener} if {_phrase(rng)} {rng.choice(_VERBS)} {_math(rng)}, then {_phrase(rng)} " \
+            f"{rng.choice(_ADVS)} {rng.choice(_VERBS)} {_math(rng)} {rng.choice(_LINKS)} {_phrase(rng)} " \
+            f"{rng.choice(_VERBS)} {_phrase(rng)}."
+    return s
+
+
+def synthetic_cot(rng, words: int = 3700) -> str:
+    """Seeded R1-style reasoning of about `words` words (3.7k words ~ 5k tokens), paragraphs of 2-6 sentences."""
+    paragraphs, n = [], 0
+    while n < words:
+        para = " ".join(_sentence(rng) for _ in range(rng.randint(2, 6)))
+        n += len(para.split())
+        paragraphs.append(para)
+    return "\n\n".join(paragraphs)

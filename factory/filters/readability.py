@@ -10,10 +10,11 @@ from factory.filters.base import FilterOutcome, RecordFilter
 
 PARAGRAPH_SPLIT_RE = re.compile(r"\n[ \t]*\n")
 FENCE_RE = re.compile(r"^[ \t]*(?:```|~~~)", re.MULTILINE)
-# HTML by tag name, so that comparisons such as "a<b and c>d" are not taken for tags.
+# HTML by tag name with only name="value" attributes, so that comparisons such as "a<b and c>d" are not tags.
 HTML_TAG_RE = re.compile(
     r"</?(?:a|b|i|u|p|br|hr|em|strong|span|div|img|table|thead|tbody|tr|td|th|ul|ol|li|h[1-6]|pre|code|sup|sub|"
-    r"font|html|head|body|script|style|blockquote|center|small|big|iframe)\b[^<>]*>", re.IGNORECASE)
+    r"font|html|head|body|script|style|blockquote|center|small|big|iframe)"
+    r"(?:\s+[\w:-]+\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s<>]+))*\s*/?>", re.IGNORECASE)
 # Markdown structure lines: headings, table rows and rules, images, horizontal rules.
 MARKDOWN_LINE_RE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]|\|.*\||!\[[^\]]*\]\(|(?:-{3,}|\*{3,}|_{3,})[ \t]*$)",
                               re.MULTILINE)

@@ -1,0 +1,194 @@
+"""The whole curate stage on real Parquet shards: filters, decontam, cross-shard dedupe, rejected side output,
+funnel, resume, workers, and bad input."""
+import json
+import shutil
+
+import datasets
+import pyarrow.parquet as pq
+import pytest
+
+from _curate_data import BENCHMARKS, cot, rewards, trace, write_shard
+from factory.curate import CurateConfig, CurateError, curate_dir, resolve_input
+from factory.filters import MissingFieldError
+from factory.schema import check_shard_schema
+
+LOOP = "\n\n".join(cot().split("\n\n")[1:4] * 40)
+PY_BLOCK = cot() + "\n\n```python\nprint(sum(1 for n in range(1, 100) if n % 3))\n```\n"
+MIXED = cot() + "\n\n" + "所以我们需要计算每个数字除以三的余数，然后统计满足条件的数目。这样答案就是六十六。" * 4
+
+
+def gsm8k_problem():
+    return json.loads((BENCHMARKS / "gsm8k.jsonl").read_text().splitlines()[7])
+
+
+def corpus(with_rewards=True):
+    """Three shards, four samples per prompt; the expected fate of every sample is written beside it."""
+    r = rewards if with_rewards else (lambda *a, **k: {})
+    bench = gsm8k_problem()
+    shards = [
+        [trace("a", i, **r(correct=i != 3)) for i in range(4)],                    # a3 wrong (not selected)
+        [trace("b", 0, finish_reason="length", **r()), trace("b", 1, reasoning=MIXED, **r()),
+         trace("b", 2, reasoning=PY_BLOCK, **r()), trace("b", 3, reasoning=LOOP, **r()),
+         *[trace("c", i, problem="Note: " + bench["problem"].replace(" ", "  "), **r()) for i in range(4)]],
+        [*[trace("d", i, problem=trace("a")["problem"].replace("100", "100.0"), **r()) for i in range(2)],  # = a
+         trace("e", 0, problem="Find the sum of the first 20 odd numbers, then add 7.", source="other",
+               domain="general", reasoning=cot(5), **r()),
+         trace("e", 1, problem="Find the sum of the first 20 odd numbers, then add 7.", source="other",
+               domain="general", reasoning=cot(5), **r())],                          # same response as e0
+    ]
+    expected = {("a", 3): ("selection", "not_selected"), ("b", 0): ("truncation", "finish_reason=length"),
+                ("b", 1): ("language", "lang_consistency<0.9"), ("b", 2): ("readability", "code_block_in_cot"),
+                ("b", 3): ("repetition", "repeated_ngram_ratio>0.3"),
+                **{("c", i): ("decontam", "benchmark:gsm8k") for i in range(4)},
+                ("d", 0): ("dedupe", "exact_prompt"), ("d", 1): ("dedupe", "exact_prompt"),
+                ("e", 1): ("dedupe", "exact_response")}
+    if not with_rewards:
+        del expected[("a", 3)]
+    return shards, expected
+
+
+def write_corpus(run_dir, with_rewards=True):
+    shards, expected = corpus(with_rewards)
+    stage = "verify" if with_rewards else "generate"
+    for i, rows in enumerate(shards):
+        write_shard(run_dir / stage / f"part-{i:05d}.parquet", rows)
+    return expected
+
+
+CONFIG = CurateConfig(decontam={"benchmarks": [{"path": str(BENCHMARKS)}]})
+
+
+def read(path):
+    return pq.read_table(path).to_pylist()
+
+
+def test_curate_end_to_end(tmp_path):
+    expected = write_corpus(tmp_path)
+    funnel = curate_dir(resolve_input(tmp_path), tmp_path / "curate", CONFIG, progress=False)
+    out = tmp_path / "curate"
+
+    rejected = [r for p in sorted((out / "rejected").glob("*.parquet")) for r in read(p)]
+    assert {(r["prompt_id"], r["sample_idx"]): (r["filter"], r["reason"]) for r in rejected} == expected
+    by_id = {(r["prompt_id"], r["sample_idx"]): r for r in rejected}
+    assert by_id[("c", 0)]["matched"] == gsm8k_problem()["id"]
+    assert by_id[("d", 0)]["matched"] == "a"                      # the first occurrence won, across shards
+
+    kept = [r for p in sorted(out.glob("part-*.parquet")) for r in read(p)]
+    assert [(r["prompt_id"], r["sample_idx"]) for r in kept] == [("a", 0), ("a", 1), ("a", 2), ("e", 0)]
+    first = kept[0]
+    assert first["messages"][0] == {"role": "user", "content": first["problem"]}
+    assert first["messages"][1]["content"] == "<think>\n" + cot(0).strip() + "\n</think>\n\nThe count is $\\boxed{66}$."
+    assert first["num_tokens"] == 440 and first["teacher"] == "unit-teacher" and first["pass_rate"] == 0.75
+    assert first["lang_consistency"] == 1.0 and first["repeated_ngram_ratio"] == 0.0
+    assert first["longest_paragraph_words"] > 0 and first["compression_ratio"] >= 1.0
+    check_shard_schema(out / "part-00000.parquet", pq.read_schema(out / "part-00000.parquet"), "curated")
+    assert not (out / "_work").exists()
+
+    # the funnel adds up, per filter in order, per source and domain, and per benchmark
+    assert (funnel["records_in"], funnel["records_out"]) == (16, 4)
+    steps = {f["name"]: f for f in funnel["filters"]}
+    assert [f["name"] for f in funnel["filters"]] == ["selection", "truncation", "language", "readability",
+                                                      "repetition", "decontam", "dedupe"]
+    assert [(f["in"], f["out"]) for f in funnel["filters"]] == [(16, 15), (15, 14), (14, 13), (13, 12), (12, 11),
+                                                                (11, 7), (7, 4)]
+    assert steps["dedupe"]["dropped"] == {"exact_prompt": 2, "exact_response": 1}
+    assert steps["language"]["seconds"] >= 0
+    assert funnel["by_source"]["other"] == {"in": 2, "out": 1, "dropped": {"dedupe": 1}}
+    assert funnel["by_domain"]["general"]["out"] == 1 and funnel["by_domain"]["math"]["in"] == 14
+    assert funnel["decontam"]["benchmarks"]["gsm8k"] == {"problems": 1319, "samples_removed": 4, "prompts_removed": 1}
+    assert funnel["decontam"]["benchmarks"]["math500"]["samples_removed"] == 0
+    assert json.loads((out / "funnel.json").read_text()) == funnel
+    counts = json.loads((out / "counts.json").read_text())
+    assert counts["records_out"] == 4 and counts["dropped"]["decontam:benchmark:gsm8k"] == 4
+
+    # loadable with datasets, the shape of OpenR1-Math-220k
+    ds = datasets.load_dataset("parquet", data_files=str(out / "part-*.parquet"), split="train",
+                               cache_dir=str(tmp_path / "hf"))
+    assert ds.num_rows == 4 and ds[0]["messages"][1]["role"] == "assistant"
+    rej = datasets.load_dataset("parquet", data_files=str(out / "rejected" / "*.parquet"), split="train",
+                                cache_dir=str(tmp_path / "hf"))
+    assert rej.num_rows == 12
+
+    # a finished run with the same config returns its funnel; another config needs new_run
+    assert curate_dir(tmp_path / "verify", out, CONFIG, progress=False) == funnel
+    other = CurateConfig(language={"enabled": False}, decontam=CONFIG.decontam)
+    with pytest.raises(CurateError, match="another config"):
+        curate_dir(tmp_path / "verify", out, other, progress=False)
+    again = curate_dir(tmp_path / "verify", out, other, new_run=True, progress=False)
+    assert again["filters"][2]["skipped"] == "disabled"
+    # the mixed-language sample b1 now survives to dedupe, where its prompt ("Problem b: ...") is a near
+    # duplicate of "Problem a: ..." (same text but for the id)
+    assert again["filters"][-1]["dropped"] == {"exact_prompt": 2, "near_prompt": 1, "exact_response": 1}
+
+
+def test_workers_and_resume_give_identical_outputs(tmp_path):
+    write_corpus(tmp_path)
+    ref = tmp_path / "ref"
+    curate_dir(tmp_path / "verify", ref, CONFIG, progress=False)
+    par = tmp_path / "par"
+    curate_dir(tmp_path / "verify", par, CONFIG, workers=2, progress=False)
+    # crash after shard 0 was deduped: its outputs stay, later ones and the funnel are gone
+    res = tmp_path / "res"
+    config = CONFIG.model_copy(update={"keep_work": True})
+    curate_dir(tmp_path / "verify", res, config, progress=False)
+    for p in ["funnel.json", "part-00001.parquet", "part-00002.parquet", "rejected/dedupe-part-00002.parquet",
+              "_work/part-00002.parquet"]:
+        (res / p).unlink()
+    funnel = curate_dir(tmp_path / "verify", res, config, progress=False)
+    assert funnel["records_out"] == 4
+    for other in (par, res):
+        for rel in ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet",
+                    "rejected/part-00001.parquet", "rejected/dedupe-part-00002.parquet"]:
+            assert read(ref / rel) == read(other / rel), (other, rel)
+
+
+def test_plain_traces_skip_selection(tmp_path):
+    expected = write_corpus(tmp_path, with_rewards=False)
+    funnel = curate_dir(resolve_input(tmp_path), tmp_path / "curate", CONFIG, progress=False)
+    assert funnel["filters"][0] == {"name": "selection", "in": 16, "out": 16, "dropped": {},
+                                    "skipped": "no reward columns (verification off)", "seconds": 0.0}
+    assert funnel["records_out"] == 5 and len(expected) == 11
+    kept = read(tmp_path / "curate" / "part-00000.parquet")
+    assert kept[0]["reward_accuracy"] is None and kept[0]["selected"] is None
+
+
+def test_missing_field_is_named(tmp_path):
+    rows = [trace("a", 0)]
+    write_shard(tmp_path / "generate" / "part-00000.parquet", rows)
+    table = pq.read_table(tmp_path / "generate" / "part-00000.parquet").drop_columns(["finish_reason"])
+    pq.write_table(table, tmp_path / "generate" / "part-00000.parquet")
+    with pytest.raises(MissingFieldError, match="'truncation' needs the field 'finish_reason'"):
+        curate_dir(tmp_path / "generate", tmp_path / "curate", CurateConfig(), progress=False)
+    table = table.drop_columns(["teacher"])
+    pq.write_table(table, tmp_path / "generate" / "part-00000.parquet")
+    with pytest.raises(MissingFieldError, match="part-00000.parquet: curate needs the field 'teacher'"):
+        curate_dir(tmp_path / "generate", tmp_path / "curate2", CurateConfig(), progress=False)
+
+
+def test_empty_input_is_refused(tmp_path):
+    with pytest.raises(CurateError, match="empty input"):
+        resolve_input(tmp_path)
+    (tmp_path / "generate").mkdir()
+    with pytest.raises(CurateError, match="no part-\\*.parquet shards"):
+        curate_dir(tmp_path / "generate", tmp_path / "curate", CurateConfig(), progress=False)
+    write_shard(tmp_path / "generate" / "part-00000.parquet", [])
+    with pytest.raises(CurateError, match="hold no records"):
+        curate_dir(tmp_path / "generate", tmp_path / "curate", CurateConfig(), progress=False)
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(ValueError, match="max_paragraph_word"):
+        CurateConfig.model_validate({"readability": {"max_paragraph_word": 10}})
+    with pytest.raises(ValueError, match="min_consistency"):
+        CurateConfig.model_validate({"language": {"min_consistency": -0.1}})
+    with pytest.raises(ValueError, match="languge"):
+        CurateConfig.model_validate({"languge": {}})
+
+
+def test_missing_benchmark_file_fails_before_any_work(tmp_path):
+    write_corpus(tmp_path)
+    config = CurateConfig(decontam={"benchmarks": [{"path": str(tmp_path / "aime25.jsonl")}]})
+    with pytest.raises(ValueError, match="aime25.jsonl does not exist"):
+        curate_dir(tmp_path / "verify", tmp_path / "curate", config, progress=False)
+    assert not list((tmp_path / "curate").glob("*.parquet"))
+    shutil.rmtree(tmp_path / "curate")
