@@ -64,6 +64,16 @@ def rewards(correct: bool = True, selected: bool | None = None) -> dict:
             "selected": selected, "select_reason": "correct" if selected else "wrong answer"}
 
 
+def write_stage(stage_dir: Path, shards: list[list[dict]]) -> Path:
+    """A finished input stage folder (parts + counts.json, as the runner leaves it) of the given shards."""
+    for i, rows in enumerate(shards):
+        write_shard(stage_dir / f"part-{i:05d}.parquet", rows)
+    n = sum(len(rows) for rows in shards)
+    (stage_dir / "counts.json").write_text(json.dumps({"stage": stage_dir.name, "records_in": n, "records_out": n,
+                                                       "dropped": {}, "extra": {}}))
+    return stage_dir
+
+
 def write_shard(path: Path, rows: list[dict]) -> Path:
     """A real trace shard (verify columns appended when the rows carry them)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,16 +1,23 @@
 """The whole curate stage on real Parquet shards: filters, decontam, cross-shard dedupe, rejected side output,
 funnel, resume, workers, and bad input."""
 import json
-import shutil
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
 
 import datasets
 import pyarrow.parquet as pq
 import pytest
 
-from _curate_data import BENCHMARKS, cot, rewards, trace, write_shard
-from factory.curate import CurateConfig, CurateError, curate_dir, resolve_input
+from _curate_data import BENCHMARKS, REPO, cot, rewards, synthetic_cot, trace, write_stage
+from factory.curate import CurateConfig, CurateError, resolve_input
 from factory.filters import MissingFieldError
 from factory.schema import check_shard_schema
+from factory.shards import StageConfigChanged
+from factory.stages.curate import curate_stage
 
 LOOP = "\n\n".join(cot().split("\n\n")[1:4] * 40)
 PY_BLOCK = cot() + "\n\n```python\nprint(sum(1 for n in range(1, 100) if n % 3))\n```\n"
@@ -49,9 +56,7 @@ def corpus(with_rewards=True):
 
 def write_corpus(run_dir, with_rewards=True):
     shards, expected = corpus(with_rewards)
-    stage = "verify" if with_rewards else "generate"
-    for i, rows in enumerate(shards):
-        write_shard(run_dir / stage / f"part-{i:05d}.parquet", rows)
+    write_stage(run_dir / ("verify" if with_rewards else "generate"), shards)
     return expected
 
 
@@ -64,9 +69,12 @@ def read(path):
 
 def test_curate_end_to_end(tmp_path):
     expected = write_corpus(tmp_path)
-    funnel = curate_dir(resolve_input(tmp_path), tmp_path / "curate", CONFIG, progress=False)
+    counts = curate_stage(resolve_input(tmp_path), tmp_path / "curate", CONFIG)
     out = tmp_path / "curate"
+    funnel = json.loads((out / "funnel.json").read_text())
 
+    assert sorted(p.name for p in (out / "rejected").iterdir()) == ["part-00000.parquet", "part-00001.parquet",
+                                                                     "part-00002.parquet"]
     rejected = [r for p in sorted((out / "rejected").glob("*.parquet")) for r in read(p)]
     assert {(r["prompt_id"], r["sample_idx"]): (r["filter"], r["reason"]) for r in rejected} == expected
     by_id = {(r["prompt_id"], r["sample_idx"]): r for r in rejected}
@@ -82,7 +90,7 @@ def test_curate_end_to_end(tmp_path):
     assert first["lang_consistency"] == 1.0 and first["repeated_ngram_ratio"] == 0.0
     assert first["longest_paragraph_words"] > 0 and first["compression_ratio"] >= 1.0
     check_shard_schema(out / "part-00000.parquet", pq.read_schema(out / "part-00000.parquet"), "curated")
-    assert not (out / "_work").exists()
+    assert not (out / "_filter").exists()
 
     # the funnel adds up, per filter in order, per source and domain, and per benchmark
     assert (funnel["records_in"], funnel["records_out"]) == (16, 4)
@@ -97,9 +105,10 @@ def test_curate_end_to_end(tmp_path):
     assert funnel["by_domain"]["general"]["out"] == 1 and funnel["by_domain"]["math"]["in"] == 14
     assert funnel["decontam"]["benchmarks"]["gsm8k"] == {"problems": 1319, "samples_removed": 4, "prompts_removed": 1}
     assert funnel["decontam"]["benchmarks"]["math500"]["samples_removed"] == 0
-    assert json.loads((out / "funnel.json").read_text()) == funnel
-    counts = json.loads((out / "counts.json").read_text())
-    assert counts["records_out"] == 4 and counts["dropped"]["decontam:benchmark:gsm8k"] == 4
+    assert counts == json.loads((out / "counts.json").read_text())
+    assert (counts["records_out"], counts["rejected"]) == (4, 12)
+    assert counts["dropped"]["decontam:benchmark:gsm8k"] == 4
+    assert counts["extra"]["decontam"]["gsm8k"] == 4
 
     # loadable with datasets, the shape of OpenR1-Math-220k
     ds = datasets.load_dataset("parquet", data_files=str(out / "part-*.parquet"), split="train",
@@ -109,42 +118,79 @@ def test_curate_end_to_end(tmp_path):
                                 cache_dir=str(tmp_path / "hf"))
     assert rej.num_rows == 12
 
-    # a finished run with the same config returns its funnel; another config needs new_run
-    assert curate_dir(tmp_path / "verify", out, CONFIG, progress=False) == funnel
+    # a finished run with the same config returns its counts; another config needs new_run
+    assert curate_stage(tmp_path / "verify", out, CONFIG.model_copy(update={"workers": 2})) == counts
     other = CurateConfig(language={"enabled": False}, decontam=CONFIG.decontam)
-    with pytest.raises(CurateError, match="another config"):
-        curate_dir(tmp_path / "verify", out, other, progress=False)
-    again = curate_dir(tmp_path / "verify", out, other, new_run=True, progress=False)
+    with pytest.raises(StageConfigChanged, match="language.enabled"):
+        curate_stage(tmp_path / "verify", out, other)
+    curate_stage(tmp_path / "verify", out, other, new_run=True)
+    again = json.loads((out / "funnel.json").read_text())
     assert again["filters"][2]["skipped"] == "disabled"
     # the mixed-language sample b1 now survives to dedupe, where its prompt ("Problem b: ...") is a near
     # duplicate of "Problem a: ..." (same text but for the id)
     assert again["filters"][-1]["dropped"] == {"exact_prompt": 2, "near_prompt": 1, "exact_response": 1}
 
 
+def outputs(out):
+    return {p.relative_to(out).as_posix(): read(p) for p in sorted(out.rglob("part-*.parquet"))}
+
+
 def test_workers_and_resume_give_identical_outputs(tmp_path):
     write_corpus(tmp_path)
     ref = tmp_path / "ref"
-    curate_dir(tmp_path / "verify", ref, CONFIG, progress=False)
+    curate_stage(tmp_path / "verify", ref, CONFIG)
     par = tmp_path / "par"
-    curate_dir(tmp_path / "verify", par, CONFIG, workers=2, progress=False)
-    # crash after shard 0 was deduped: its outputs stay, later ones and the funnel are gone
+    curate_stage(tmp_path / "verify", par, CONFIG, workers=2)
+    assert outputs(par) == outputs(ref)
+    # a crash in the dedupe pass after unit 0 was committed: later units, funnel and counts are not there yet
     res = tmp_path / "res"
-    config = CONFIG.model_copy(update={"keep_work": True})
-    curate_dir(tmp_path / "verify", res, config, progress=False)
-    for p in ["funnel.json", "part-00001.parquet", "part-00002.parquet", "rejected/dedupe-part-00002.parquet",
-              "_work/part-00002.parquet"]:
-        (res / p).unlink()
-    funnel = curate_dir(tmp_path / "verify", res, config, progress=False)
-    assert funnel["records_out"] == 4
-    for other in (par, res):
-        for rel in ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet",
-                    "rejected/part-00001.parquet", "rejected/dedupe-part-00002.parquet"]:
-            assert read(ref / rel) == read(other / rel), (other, rel)
+    curate_stage(tmp_path / "verify", res, CONFIG.model_copy(update={"keep_work": True}))
+    for p in ["counts.json", "funnel.json", "part-00001.parquet", "part-00002.parquet", "rejected/part-00001.parquet",
+              "rejected/part-00002.parquet", "_filter/counts.json", "_filter/part-00002.parquet"]:
+        (res / p).unlink(missing_ok=True)
+    for ledger in (res / "ledger.jsonl", res / "_filter" / "ledger.jsonl"):
+        lines = [json.loads(x) for x in ledger.read_text().splitlines()]
+        keep = {0} if ledger.parent == res else {0, 1}
+        ledger.write_text("".join(json.dumps(e) + "\n" for e in lines if e["unit"] in keep))
+    counts = curate_stage(tmp_path / "verify", res, CONFIG)
+    assert counts["records_out"] == 4 and outputs(res) == outputs(ref)
+
+
+def test_sigkill_at_random_points_then_resume_equals_uninterrupted(tmp_path):
+    """A real subprocess killed with SIGKILL mid-run (filter pass, then dedupe pass); the resumed run's outputs
+    equal an uninterrupted run's."""
+    rng = random.Random(11)
+    shards = [[trace(f"s{s}-{p}", i, problem=f"Shard {s} prompt {p}: {synthetic_cot(rng, 40)}",
+                     reasoning=synthetic_cot(rng, 3000)) for p in range(2) for i in range(3)] for s in range(8)]
+    write_stage(tmp_path / "generate", shards)
+    config = CurateConfig(dedupe={"near_prompts": {"enabled": False}})
+    ref = tmp_path / "ref"
+    curate_stage(tmp_path / "generate", ref, config)
+    run = tmp_path / "run"
+    code = ("import sys; from pathlib import Path; from factory.curate import CurateConfig; "
+            "from factory.stages.curate import curate_stage; "
+            f"curate_stage(Path({str(tmp_path / 'generate')!r}), Path({str(run)!r}), "
+            f"CurateConfig.model_validate_json({config.model_dump_json()!r}))")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for marker in (run / "_filter" / f"part-0000{rng.randint(1, 4)}.parquet",
+                   run / f"part-0000{rng.randint(1, 4)}.parquet"):
+        proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+        deadline = time.time() + 120
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not (run / "counts.json").exists(), "the run finished before it could be killed"
+    curate_stage(tmp_path / "generate", run, config)
+    assert outputs(run) == outputs(ref)
+    assert json.loads((run / "funnel.json").read_text())["records_out"] == \
+        json.loads((ref / "funnel.json").read_text())["records_out"]
 
 
 def test_plain_traces_skip_selection(tmp_path):
     expected = write_corpus(tmp_path, with_rewards=False)
-    funnel = curate_dir(resolve_input(tmp_path), tmp_path / "curate", CONFIG, progress=False)
+    curate_stage(resolve_input(tmp_path), tmp_path / "curate", CONFIG)
+    funnel = json.loads((tmp_path / "curate" / "funnel.json").read_text())
     assert funnel["filters"][0] == {"name": "selection", "in": 16, "out": 16, "dropped": {},
                                     "skipped": "no reward columns (verification off)", "seconds": 0.0}
     assert funnel["records_out"] == 5 and len(expected) == 11
@@ -153,16 +199,15 @@ def test_plain_traces_skip_selection(tmp_path):
 
 
 def test_missing_field_is_named(tmp_path):
-    rows = [trace("a", 0)]
-    write_shard(tmp_path / "generate" / "part-00000.parquet", rows)
+    write_stage(tmp_path / "generate", [[trace("a", 0)]])
     table = pq.read_table(tmp_path / "generate" / "part-00000.parquet").drop_columns(["finish_reason"])
     pq.write_table(table, tmp_path / "generate" / "part-00000.parquet")
     with pytest.raises(MissingFieldError, match="'truncation' needs the field 'finish_reason'"):
-        curate_dir(tmp_path / "generate", tmp_path / "curate", CurateConfig(), progress=False)
+        curate_stage(tmp_path / "generate", tmp_path / "curate", CurateConfig())
     table = table.drop_columns(["teacher"])
     pq.write_table(table, tmp_path / "generate" / "part-00000.parquet")
     with pytest.raises(MissingFieldError, match="part-00000.parquet: curate needs the field 'teacher'"):
-        curate_dir(tmp_path / "generate", tmp_path / "curate2", CurateConfig(), progress=False)
+        curate_stage(tmp_path / "generate", tmp_path / "curate2", CurateConfig())
 
 
 def test_empty_input_is_refused(tmp_path):
@@ -170,10 +215,10 @@ def test_empty_input_is_refused(tmp_path):
         resolve_input(tmp_path)
     (tmp_path / "generate").mkdir()
     with pytest.raises(CurateError, match="no part-\\*.parquet shards"):
-        curate_dir(tmp_path / "generate", tmp_path / "curate", CurateConfig(), progress=False)
-    write_shard(tmp_path / "generate" / "part-00000.parquet", [])
+        curate_stage(tmp_path / "generate", tmp_path / "curate", CurateConfig())
+    write_stage(tmp_path / "generate", [[]])
     with pytest.raises(CurateError, match="hold no records"):
-        curate_dir(tmp_path / "generate", tmp_path / "curate", CurateConfig(), progress=False)
+        curate_stage(tmp_path / "generate", tmp_path / "curate", CurateConfig())
 
 
 def test_config_errors_name_the_key():
@@ -189,6 +234,5 @@ def test_missing_benchmark_file_fails_before_any_work(tmp_path):
     write_corpus(tmp_path)
     config = CurateConfig(decontam={"benchmarks": [{"path": str(tmp_path / "aime25.jsonl")}]})
     with pytest.raises(ValueError, match="aime25.jsonl does not exist"):
-        curate_dir(tmp_path / "verify", tmp_path / "curate", config, progress=False)
-    assert not list((tmp_path / "curate").glob("*.parquet"))
-    shutil.rmtree(tmp_path / "curate")
+        curate_stage(tmp_path / "verify", tmp_path / "curate", config)
+    assert not list((tmp_path / "curate").rglob("*.parquet"))

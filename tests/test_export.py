@@ -3,15 +3,17 @@ import json
 
 import pytest
 
-from _curate_data import cot, trace, write_shard
-from factory.curate import CurateConfig, curate_dir
+from _curate_data import cot, trace, write_stage
+from factory.curate import CurateConfig
+from factory.stages.curate import curate_stage
 from factory.export import assistant_content, export_sharegpt, to_messages, to_sharegpt
 
 
 def test_messages_follow_the_r1_pattern():
     msgs = to_messages("What is 2+2?", "\nI add 2 and 2.\n", "  The answer is $\\boxed{4}$.\n")
     assert msgs == [{"role": "user", "content": "What is 2+2?"},
-                    {"role": "assistant", "content": "<think>\nI add 2 and 2.\n</think>\n\nThe answer is $\\boxed{4}$."}]
+                    {"role": "assistant",
+                     "content": "<think>\nI add 2 and 2.\n</think>\n\nThe answer is $\\boxed{4}$."}]
     assert assistant_content("x", "y").startswith("<think>\n") and "\n</think>\n\n" in assistant_content("x", "y")
 
 
@@ -26,8 +28,8 @@ def test_sharegpt_roles():
 def test_export_curated_folder_to_sharegpt(tmp_path):
     rows = [trace("a", i) for i in range(3)] + [trace("b", 0, problem="A different question about primes below 50?",
                                                           reasoning=cot(7))]
-    write_shard(tmp_path / "generate" / "part-00000.parquet", rows)
-    curate_dir(tmp_path / "generate", tmp_path / "curate", CurateConfig(), progress=False)
+    write_stage(tmp_path / "generate", [rows])
+    curate_stage(tmp_path / "generate", tmp_path / "curate", CurateConfig())
     out = tmp_path / "llamafactory" / "r1.jsonl"
     n = export_sharegpt(tmp_path / "curate", out, dataset_name="r1_distill")
     lines = [json.loads(line) for line in out.read_text().splitlines()]

@@ -4,7 +4,8 @@ import pytest
 from _curate_data import cot, trace
 from factory.filters import ReadabilityConfig, ReadabilityFilter
 
-PY_BLOCK = "\n\nLet me just compute it:\n\n```python\nprint(sum(1 for n in range(1, 100) if n % 3))\n```\n\nThat gives 66."
+PY_BLOCK = ("\n\nLet me just compute it:\n\n```python\nprint(sum(1 for n in range(1, 100) if n % 3))\n```\n\n"
+            "That gives 66.")
 
 
 def test_healthy_trace_passes_with_scores():

@@ -4,8 +4,9 @@ from collections import Counter
 import pyarrow.parquet as pq
 import pytest
 
-from _curate_data import cot, trace, write_shard
-from factory.curate import CurateConfig, curate_dir
+from _curate_data import cot, trace, write_stage
+from factory.curate import CurateConfig
+from factory.stages.curate import curate_stage
 from factory.mixture import MixtureConfig, MixtureError, build_mixture
 
 PLAIN = CurateConfig(dedupe={"near_prompts": {"enabled": False}}, language={"enabled": False})
@@ -14,11 +15,10 @@ PLAIN = CurateConfig(dedupe={"near_prompts": {"enabled": False}}, language={"ena
 def curated_set(tmp_path, name, n, shards=2):
     """A real curated folder of n samples from source `name`."""
     per = n // shards
-    for s in range(shards):
-        rows = [trace(f"{name}{s}-{i}", 0, source=name, problem=f"{name} question number {s * per + i}?",
-                      reasoning=cot(s * per + i)) for i in range(per)]
-        write_shard(tmp_path / name / "generate" / f"part-{s:05d}.parquet", rows)
-    curate_dir(tmp_path / name / "generate", tmp_path / name / "curate", PLAIN, progress=False)
+    write_stage(tmp_path / name / "generate",
+                [[trace(f"{name}{s}-{i}", 0, source=name, problem=f"{name} question number {s * per + i}?",
+                        reasoning=cot(s * per + i)) for i in range(per)] for s in range(shards)])
+    curate_stage(tmp_path / name / "generate", tmp_path / name / "curate", PLAIN)
     return str(tmp_path / name / "curate")
 
 

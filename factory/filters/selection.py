@@ -26,7 +26,8 @@ class SelectionFilter(RecordFilter):
     def __init__(self, config: SelectionConfig | None = None):
         self.config = config or SelectionConfig()
         mode = self.config.mode
-        self.requires = {"auto": ("selected",), "selected": ("selected",), "correct": ("reward_accuracy",)}.get(mode, ())
+        self.requires = {"auto": ("selected",), "selected": ("selected",),
+                         "correct": ("reward_accuracy",)}.get(mode, ())
 
     def skip_reason(self, fields: set[str]) -> str | None:
         mode = self.config.mode
