@@ -236,3 +236,15 @@ def test_missing_benchmark_file_fails_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="aime25.jsonl does not exist"):
         curate_stage(tmp_path / "verify", tmp_path / "curate", config)
     assert not list((tmp_path / "curate").rglob("*.parquet"))
+
+
+def test_run_curate_pipeline_entry(tmp_path):
+    """The pipeline calls `run_curate(cfg, DIR)`: it reads DIR/verify and writes DIR/curate with cfg.curate."""
+    from types import SimpleNamespace
+
+    from factory.stages.curate import run_curate
+
+    write_corpus(tmp_path)
+    counts = run_curate(SimpleNamespace(curate=CONFIG), tmp_path)
+    assert counts["records_out"] == 4 and (tmp_path / "curate" / "funnel.json").exists()
+    assert counts["extra"]["filters"]["selection"] == {"in": 16, "out": 15, "skipped": None}

@@ -54,6 +54,11 @@ def test_other_latin_language_segments_are_identified():
     assert not keep and metrics["lang_consistency"] < 0.8
 
 
+def test_code_is_not_language():
+    code = "\n\n```python\ndef count(limit):\n    return sum(1 for n in range(1, limit) if n % 3)\n```\n" * 5
+    assert language_consistency(cot() + code + "Using `count(100)` gives 66.", "en")[0] == 1.0
+
+
 def test_math_only_cot_is_not_penalised():
     assert language_consistency("$2+3=5$, $5 \\times 2 = 10$.", "en") == (1.0, 0)
 

@@ -17,11 +17,8 @@ from typing import Any, ClassVar
 FilterOutcome = tuple[bool, str | None, dict[str, Any]]
 
 
-class MissingFieldError(KeyError):
-    """A record lacks a field a filter needs."""
-
-    def __str__(self) -> str:  # KeyError would print the message quoted
-        return str(self.args[0])
+class MissingFieldError(ValueError):
+    """A record lacks a field a filter needs (a ValueError, so the CLI prints it as a user error)."""
 
 
 class RecordFilter(ABC):

