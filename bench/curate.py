@@ -47,7 +47,7 @@ def generate(out_dir: Path, n_records: int, seed: int = 0) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from _curate_data import REWARD_TYPES, rewards
+    from _curate_data import REWARD_TYPES, _sentence, rewards
     from factory.schema import load_schema
 
     rng = random.Random(seed)
@@ -70,7 +70,7 @@ def generate(out_dir: Path, n_records: int, seed: int = 0) -> dict:
             problem = rng.choice(seen_problems).replace(" ", "  ")                  # duplicate prompt
             kinds["dup_prompt"] = kinds.get("dup_prompt", 0) + 1
         else:
-            problem = (f"Problem {p}: " + " ".join(rng.choice(pool).split()[:40]) + " Find the value of "
+            problem = (f"Problem {p}: " + " ".join(_sentence(rng) for _ in range(2)) + " Find the value of "
                        f"{rng.choice('xyzn')} when it equals {rng.randint(1, 10**6)}.")
         seen_problems.append(problem)
         if len(seen_problems) > 1000:
