@@ -13,7 +13,7 @@ compared here, never in the sandbox. `assert` is HumanEval's shape: `setup` (the
 first, then the program, then `test`, then `check(entry_point)`.
 
 APPS/TACO (`{"inputs": [...], "outputs": [...], "fn_name"?}`) and LiveCodeBench (`[{"input", "output",
-"testtype"}]`) tests are accepted as they are, through `tests_from_apps` / `tests_from_lcb`.
+"testtype"}]`) tests are accepted as they are, through `convert_apps_tests` / `convert_lcb_tests`.
 
 Verdicts: passed | wrong_answer | runtime_error | timeout | compile_error | no_code | no_tests; the reward is the
 fraction of cases passed (1.0 only for passed).
@@ -86,7 +86,7 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def tests_from_apps(obj: dict | str) -> dict:
+def convert_apps_tests(obj: dict | str) -> dict:
     """APPS/TACO `input_output` ({"inputs", "outputs", "fn_name"?}) → our format."""
     obj = json.loads(obj) if isinstance(obj, str) else obj
     inputs, outputs = obj.get("inputs"), obj.get("outputs")
@@ -102,7 +102,7 @@ def tests_from_apps(obj: dict | str) -> dict:
     return {"type": "stdio", "cases": [{"input": _text(i), "output": _text(o)} for i, o in zip(inputs, outputs)]}
 
 
-def tests_from_lcb(cases: list | str, fn_name: str | None = None) -> dict:
+def convert_lcb_tests(cases: list | str, fn_name: str | None = None) -> dict:
     """LiveCodeBench test cases ([{"input", "output", "testtype": "stdin"|"functional"}]) → our format.
 
     Functional inputs are one JSON value per line (the arguments); outputs one JSON value."""
@@ -123,7 +123,7 @@ def tests_from_lcb(cases: list | str, fn_name: str | None = None) -> dict:
     raise TestFormatError(f"LiveCodeBench tests: mixed or unknown testtype {sorted(kinds)}")
 
 
-def humaneval_tests(row: dict) -> dict:
+def convert_humaneval_tests(row: dict) -> dict:
     return {"type": "assert", "entry_point": row["entry_point"], "setup": row["prompt"], "test": row["test"]}
 
 
@@ -132,7 +132,7 @@ def humaneval_to_prompt(row: dict) -> dict:
     problem = ("Complete the following Python function. Reply with the whole function in one ```python block.\n\n"
                f"```python\n{row['prompt']}```")
     return {"prompt_id": row["task_id"], "source": "humaneval", "domain": "code", "problem": problem,
-            "answer": None, "tests": json.dumps(humaneval_tests(row)), "language": "en",
+            "answer": None, "tests": json.dumps(convert_humaneval_tests(row)), "language": "en",
             "metadata": json.dumps({"entry_point": row["entry_point"], "task_id": row["task_id"]})}
 
 
@@ -151,11 +151,11 @@ def parse_tests(raw: str | dict | list | None) -> TestSuite | None:
         except json.JSONDecodeError as exc:
             raise TestFormatError(f"tests: not JSON ({exc})") from exc
     if isinstance(raw, list):
-        raw = tests_from_lcb(raw)
+        raw = convert_lcb_tests(raw)
     if not isinstance(raw, dict):
         raise TestFormatError(f"tests: expected a JSON object, got {type(raw).__name__}")
     if "type" not in raw and "inputs" in raw:
-        raw = tests_from_apps(raw)
+        raw = convert_apps_tests(raw)
     kind = raw.get("type")
     extra = {"timeout_s": raw.get("timeout_s"), "memory_mb": raw.get("memory_mb")}
     if kind == "stdio":
@@ -259,9 +259,11 @@ def _failure_of(run: RunResult, what: str) -> CaseOutcome | None:
 
 
 def _limits(cfg: CodeConfig, suite: TestSuite, n_cases: int = 1) -> Limits:
+    """Limits of one process running `n_cases` cases (the harness also times each case itself)."""
     per_case = suite.timeout_s or cfg.case_timeout_s
-    total = min(cfg.max_total_s, per_case * n_cases + 5.0)
-    return Limits(cpu_s=min(cfg.max_total_s, per_case * n_cases + 1.0), wall_s=total,
+    slack = 0.0 if n_cases == 1 else 1.0  # one case: the CPU limit is the case's timeout
+    return Limits(cpu_s=min(cfg.max_total_s, per_case * n_cases + slack),
+                  wall_s=min(cfg.max_total_s, per_case * n_cases * 1.5 + 1.0),
                   memory_mb=suite.memory_mb or cfg.memory_mb, file_size_mb=cfg.file_size_mb,
                   max_output_bytes=cfg.max_output_bytes)
 

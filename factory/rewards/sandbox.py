@@ -57,6 +57,7 @@ class Limits:
 @dataclass
 class RunResult:
     returncode: int  # negative: killed by that signal
+    pid: int  # of the run's leader, which was also its process group id
     stdout: bytes
     stderr: bytes
     wall_s: float
@@ -191,12 +192,12 @@ class Sandbox:
         wall = time.monotonic() - start
         cpu = usage.ru_utime + usage.ru_stime
         rc = proc.returncode
-        result = RunResult(returncode=rc, stdout=out, stderr=err, wall_s=wall, cpu_s=cpu,
+        result = RunResult(returncode=rc, pid=proc.pid, stdout=out, stderr=err, wall_s=wall, cpu_s=cpu,
                            output_exceeded=exceeded)
         if timed_out:
             result.timed_out = True
             result.notes.append(f"wall-clock limit {lim.wall_s:g} s")
-        elif rc in (-signal.SIGXCPU, -signal.SIGKILL) and cpu >= int(lim.cpu_s + 0.999) - 0.05:
+        elif rc == -signal.SIGXCPU or (rc == -signal.SIGKILL and cpu >= int(lim.cpu_s + 0.999) - 0.5):
             result.timed_out = True
             result.notes.append(f"CPU limit {lim.cpu_s:g} s")
         if exceeded:
