@@ -216,6 +216,8 @@ def test_r1_zero_answer_tag():
 
 def test_fallback_and_configured_pattern():
     assert score_math("The final answer is $\\frac{1}{2}$.", "0.5").verdict == "correct"
+    assert score_math("So the answer is $\\$36$.", "\\$36").verdict == "correct"  # escaped dollar inside
+    assert score_math("Thus the answer is 12, as claimed.", "12").verdict == "correct"  # math-verify's own anchors
     cfg = MathConfig(answer_pattern=r"ANSWER:\s*(\S+)", fallback_tail_chars=0)
     assert score_math("blah\nANSWER: 17\n", "17", cfg=cfg).verdict == "correct"
     assert score_math("blah, no answer here", "17", cfg=cfg).verdict == "no_answer"
@@ -245,7 +247,7 @@ def test_only_the_short_answer_reaches_math_verify(monkeypatch):
               "answer_text": answer_text, "think_closed": True, "finish_reason": "stop"}
     out = score_record(record)
     assert (out["accuracy_verdict"], out["extracted_answer"]) == ("correct", r"\frac{7}{3}")
-    out = score_record({**record, "answer": r"\sqrt{2}"})  # forces the math-verify path
+    out = score_record({**record, "answer": r"\sin x"})  # a function: only math-verify can decide
     assert out["accuracy_verdict"] == "wrong"
     assert seen and max(seen) < 100, seen
 
@@ -300,3 +302,61 @@ def test_config_rejects_unknown_keys_and_bad_values():
         MathConfig(timeout_s=0)
     with pytest.raises(ValidationError, match="regex"):
         MathConfig(answer_pattern="(")
+
+
+# --- the "provably different" fast path must agree with math-verify ---------------------------------------------
+from factory.rewards.latex_numeric import numeric_value, provably_different  # noqa: E402
+
+
+@pytest.mark.parametrize("a,b", [
+    ("i^2", "-1"), (r"4\frac{2}{3}", "14/3"), ("1,000", "1000"), (r"(0,9) \cup (9,36)", r"(9,36) \cup (0,9)"),
+    (r"\{1,2\}", r"\{2,1\}"), ("2k+2", "2(k+1)"), (r"e^{i\pi}", "-1"), ("-2, 1", "1, -2"), (r"\frac{1}{2\pi}", r"1/2\pi"),
+    (r"\sqrt{2}/2", r"\frac{1}{\sqrt2}"), ("30^\\circ", "30"), ("(x+1)^2", "x^2+2x+1"), (r"2^{10}", "1024"),
+    (r"\frac{1}{3}", "0.333333"), ("6 - 5i", "-5i + 6"), (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"),
+])
+def test_provably_different_never_fires_on_equal_answers(a, b):
+    assert provably_different(a, b) is None and provably_different(b, a) is None
+
+
+@pytest.mark.parametrize("a,b", [
+    ("6+9i", "8+9i"), ("x^5 - x^4 + x^3", "x^5 - x^4 + x^8"), ("(15,-29)", "(16,-29)"), ("-2,1", "-2,9"),
+    (r"(-\infty, 2) \cup (3, \infty)", r"(-\infty, 0) \cup (3, \infty)"), (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}",
+    r"\begin{pmatrix} 1 \\ 3 \end{pmatrix}"), (r"\frac{\sqrt{3}}{3}", r"\frac{\sqrt{7}}{3}"), ("76^\\circ", "66^\\circ"),
+    ("2k+2", "2k+3"), (r"\{1, 2\}", r"\{1, 3\}"),
+])
+def test_provably_different_fires_where_math_verify_also_says_different(a, b):
+    from math_verify import parse, verify
+
+    assert provably_different(a, b) and provably_different(b, a)
+    assert not verify(parse("\\boxed{" + a + "}"), parse("\\boxed{" + b + "}"), allow_set_relation_comp=True)
+
+
+def test_provably_different_is_sound_on_math500_pairs():
+    """On real answers (perturbed and unrelated pairs), whenever the fast path says 'different', math-verify too."""
+    import random
+
+    from math_verify import parse, verify
+
+    answers = [json.loads(line)["answer"] for line in (BENCH / "math500.jsonl").open()]
+    rng = random.Random(1)
+    pairs = []
+    for a in rng.sample(answers, 60):
+        digits = [i for i, c in enumerate(a) if c.isdigit()]
+        if digits:
+            i = rng.choice(digits)
+            pairs.append((a, a[:i] + str((int(a[i]) + 1) % 10) + a[i + 1:]))
+        pairs.append((a, rng.choice(answers)))
+    fired = 0
+    for a, b in pairs:
+        if provably_different(normalize(a), normalize(b)):
+            fired += 1
+            g, p = parse("\\boxed{" + a + "}"), parse("\\boxed{" + b + "}")
+            assert not verify(g, p, allow_set_relation_comp=True, timeout_seconds=10), (a, b)
+    assert fired > len(pairs) // 2
+
+
+def test_numeric_value_gives_up_on_what_it_does_not_know():
+    for text in ["50\\%", "1/2\\pi", "4\\frac{2}{3}", "2^10", "\\sin x", "f(x)", "ab", "x_1", "\\sqrt{-1}", "3 4"]:
+        assert numeric_value(text, {"x": 1.0, "a": 1.0, "b": 2.0, "f": 3.0}) is None, text
+    assert numeric_value("3\\sqrt{13}") == pytest.approx(10.8166538)
+    assert numeric_value("i^2") == -1

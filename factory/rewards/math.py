@@ -2,11 +2,12 @@
 
 Pipeline for one sample:
 1. extract (cheap, from the end): the R1-Zero `<answer>` tag when that template was used, else the last `\\boxed{}`
-   of the answer part (adjacent boxes joined), else a configured regex, else math-verify's own extraction over a
-   short tail (for "The final answer is 5.");
+   of the answer part (adjacent boxes joined), else a configured regex, else "the answer is $…$" in the tail,
+   else math-verify's own extraction over a short tail (for "The final answer is 5.");
 2. normalize (our small layer, below): fixes for forms math-verify gets wrong, each covered by a test;
 3. fast paths that decide without the LaTeX parser: identical after normalization; both exact rationals
-   (integers, fractions, terminating decimals equal as rationals); both plain words (case-insensitive);
+   (integers, fractions, terminating decimals equal as rationals); provably different (`latex_numeric`: numbers,
+   expressions at sample points, tuples, sets, intervals, unions, matrices); both plain words (case-insensitive);
 4. math-verify `parse` + `verify` (gold parsed once per distinct reference and cached).
 Steps 1-4 run under one per-sample deadline (see `timeouts`).
 """
@@ -20,6 +21,7 @@ from fractions import Fraction
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from factory.rewards.extract import last_boxed, last_pattern, last_tag, tail
+from factory.rewards.latex_numeric import provably_different
 from factory.rewards.result import RewardResult
 from factory.rewards.timeouts import SampleTimeout, deadline
 
@@ -72,11 +74,17 @@ def extract_answer(answer_text: str, template: str | None, cfg: MathConfig) -> t
             return found.strip(), "answer_pattern"
     if cfg.fallback_tail_chars and answer_text.strip():
         snippet = tail(answer_text, cfg.fallback_tail_chars)
+        found = last_pattern(snippet, _PHRASE, cfg.fallback_tail_chars)
+        if found is not None and found.strip():
+            return found.strip(), "'the answer is $…$' phrase"
         parsed = _mv_parse_text(snippet)
         strings = [p for p in parsed if isinstance(p, str)]
         if strings and strings[-1].strip():
             return strings[-1].strip(), f"math-verify extraction over the last {cfg.fallback_tail_chars} chars"
     return None, "no \\boxed{}, <answer> tag or recognisable final answer"
+
+
+_PHRASE = re.compile(r"answer\s*(?:is|:|=)\s*:?\s*\$\$?((?:\\.|[^$\\]){1,300})\$", re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=64)
@@ -168,6 +176,9 @@ def fast_compare(gold: str, pred: str) -> tuple[bool, str] | None:
             return True, "equal as exact numbers"
         if not (ng[1] or np_[1]):  # decimals are compared by math-verify with its rounding rules
             return False, "different exact numbers"
+    different = provably_different(gold, pred)
+    if different:
+        return False, different
     wg, wp = _plain_words(gold), _plain_words(pred)
     if wg is not None and wp is not None:  # math-verify compared plain words case-sensitively ("evelyn")
         return (wg == wp), ("same words (case-insensitive)" if wg == wp else "different words")
