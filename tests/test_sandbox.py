@@ -289,3 +289,47 @@ def test_compiled_cpp_program_runs_confined():
         r = sb.run_exec(["./main"], stdin=b"2 40\n")
     assert r.stdout.split(b"\n")[:3] == [b"42", b"fork refused", b"write refused"], r
     assert not Path("/tmp/cpp-escape.txt").exists()
+
+
+def test_a_run_cannot_poison_the_next_run(tmp_path):
+    """A program that swaps its own files for links to secrets gains nothing in the next run of the same sandbox,
+    and the parent never writes through such a link."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cr3t-token")
+    with Sandbox(FAST) as sb:
+        sb.write("solution.py", textwrap.dedent(f"""
+            import os
+            os.remove("solution.py")
+            os.symlink({str(secret)!r}, "solution.py")
+            os.symlink({str(secret)!r}, "data.txt")
+            print("planted")
+        """))
+        first = sb.run_python("solution.py")
+        assert first.stdout == b"planted\n", first
+        second = sb.run_python("solution.py")  # now a link to the secret
+        assert b"s3cr3t" not in second.stdout + second.stderr and second.returncode != 0, second
+        sb.write("data.txt", "overwritten by the parent")
+        assert os.path.islink(os.path.join(sb.dir, "solution.py"))
+        assert not os.path.islink(os.path.join(sb.dir, "data.txt"))
+        private_files = os.listdir(sb._private)
+    assert secret.read_text() == "s3cr3t-token"
+    assert private_files == ["child.marshal"], "spec files are removed after each run"
+
+
+def test_closing_its_pipes_does_not_end_the_watch():
+    r = run("""
+        import os
+        os.close(1)
+        os.close(2)
+        while True:
+            pass
+    """, limits=Limits(cpu_s=1, wall_s=10, memory_mb=512))
+    assert r.timed_out and "CPU limit" in r.notes[0], r
+    r = run("""
+        import os, time
+        os.close(1)
+        os.close(2)
+        time.sleep(0.3)
+        os._exit(3)
+    """)
+    assert r.returncode == 3 and not r.timed_out, r

@@ -20,6 +20,7 @@ fraction of cases passed (1.0 only for passed).
 """
 from __future__ import annotations
 
+import ast
 import json
 import math
 from dataclasses import dataclass, field
@@ -305,9 +306,11 @@ def _run_stdio(sb: Sandbox, code: str, suite: TestSuite, cfg: CodeConfig) -> lis
 def _harness_lines(run: RunResult, nonce: str) -> dict[int, dict]:
     lines: dict[int, dict] = {}
     for raw in run.stdout.decode("utf-8", errors="replace").splitlines():
+        if not raw.startswith("{") or nonce not in raw:
+            continue
         try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError:
+            obj = ast.literal_eval(raw)  # literals only: nothing the program printed can run here
+        except (ValueError, SyntaxError, MemoryError, RecursionError):
             continue
         if isinstance(obj, dict) and obj.get("nonce") == nonce and isinstance(obj.get("case"), int):
             lines[obj["case"]] = obj

@@ -16,7 +16,8 @@ rlimits and monkeypatch `os` in-process, which does not stop a program from writ
 from __future__ import annotations
 
 import ctypes
-import json
+import functools
+import marshal
 import os
 import platform
 import secrets
@@ -34,6 +35,15 @@ from pathlib import Path
 from factory.rewards import sandbox_child
 
 CHILD = str(Path(sandbox_child.__file__).resolve())
+# The child runs from a code object compiled once here (marshal, same interpreter): a script given by path would be
+# compiled from source on every run, and importlib would cost more than the confinement itself.
+BOOTSTRAP = ("import sys, marshal; g = {'__name__': 'factory_sandbox_child'}; "
+             "exec(marshal.loads(open(sys.argv[1], 'rb').read()), g); g['main'](sys.argv[2])")
+
+
+@functools.cache
+def _child_code() -> bytes:
+    return marshal.dumps(compile(Path(CHILD).read_text(), CHILD, "exec"))
 
 
 class SandboxUnavailable(RuntimeError):
@@ -102,10 +112,11 @@ def _env(workdir: str) -> dict[str, str]:
 
 
 def _rm_tree(path: str) -> None:
-    def unlock(func, p, _exc):  # a program may have chmod'ed its files read-only
+    def unlock(func, p, _exc):  # a program may have chmod'ed its files or dirs to 000
         try:
-            os.chmod(os.path.dirname(p), stat.S_IRWXU)
-            os.chmod(p, stat.S_IRWXU)
+            os.chmod(os.path.dirname(p), stat.S_IRWXU)  # a real dir: rmtree never follows links
+            if not os.path.islink(p):
+                os.chmod(p, stat.S_IRWXU)
             func(p)
         except OSError:
             pass
@@ -123,22 +134,37 @@ class Sandbox:
         self.limits = limits
         self.python = python or sys.executable
         self.require_landlock = require_landlock
-        self.dir: str | None = None
+        self.dir: str | None = None  # the program's work dir (it may write there)
+        self._private: str | None = None  # spec files and the child's code: the parent's alone
 
     def __enter__(self) -> "Sandbox":
         self.dir = tempfile.mkdtemp(prefix="factory-sbx-")
+        self._private = tempfile.mkdtemp(prefix="factory-sbx-private-")
+        self._child = os.path.join(self._private, "child.marshal")
+        with open(self._child, "wb") as fh:
+            fh.write(_child_code())
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.dir:
-            _rm_tree(self.dir)
-            self.dir = None
+        for path in (self.dir, self._private):
+            if path:
+                _rm_tree(path)
+        self.dir = self._private = None
 
     def write(self, name: str, data: str | bytes) -> str:
+        """Write a file into the work dir; never through a link an earlier run may have planted."""
+        if os.path.basename(name) != name or name in ("", ".", ".."):
+            raise ValueError(f"sandbox: {name!r} is not a plain file name")
         path = os.path.join(self.dir, name)
-        mode = "wb" if isinstance(data, bytes) else "w"
-        with open(path, mode, **({} if isinstance(data, bytes) else {"encoding": "utf-8"})) as fh:
-            fh.write(data)
+        if os.path.lexists(path):
+            if os.path.isdir(path) and not os.path.islink(path):
+                _rm_tree(path)
+            else:
+                os.unlink(path)
+        raw = data if isinstance(data, bytes) else data.encode("utf-8")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
         return path
 
     def run_python(self, filename: str, mode: str = "script", stdin: bytes | None = None,
@@ -166,16 +192,19 @@ class Sandbox:
             raise RuntimeError("Sandbox used outside its `with` block")
         lim = limits or self.limits
         spec = {**spec, "workdir": self.dir, "limits": asdict(lim), "require_landlock": self.require_landlock}
-        spec_path = os.path.join(self.dir, f".spec-{secrets.token_hex(6)}.json")
-        with open(spec_path, "w") as fh:
-            json.dump(spec, fh)
+        spec_path = os.path.join(self._private, f"spec-{secrets.token_hex(6)}")
+        with open(spec_path, "wb") as fh:
+            marshal.dump(spec, fh)
         stdin_file = tempfile.TemporaryFile()  # outside the sandbox dir: the program sees only its own input
         if stdin:
             stdin_file.write(stdin)
             stdin_file.seek(0)
         start = time.monotonic()
         try:
-            proc = subprocess.Popen([self.python, "-I", "-B", CHILD, spec_path], cwd=self.dir, env=_env(self.dir),
+            argv = [self.python, "-I", "-B", "-c", BOOTSTRAP, self._child, spec_path]
+            if os.path.realpath(self.python) != os.path.realpath(sys.executable):  # marshal is per-version
+                argv = [self.python, "-I", "-B", CHILD, spec_path]
+            proc = subprocess.Popen(argv, cwd=self.dir, env=_env(self.dir),
                                     stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     start_new_session=True, close_fds=True)
         finally:
@@ -185,6 +214,7 @@ class Sandbox:
             out, err, timed_out, exceeded = self._collect(proc, start + lim.wall_s, lim.max_output_bytes, reaped)
         finally:
             self._kill_group(proc.pid)
+            os.unlink(spec_path)
         status, usage = reaped[0] if reaped else os.wait4(proc.pid, 0)[1:]
         proc.returncode = os.waitstatus_to_exitcode(status)
         proc.stdout.close()
@@ -250,6 +280,16 @@ class Sandbox:
                     break
         finally:
             sel.close()
+        pause = 0.001
+        while not (timed_out or exceeded or reaped):  # pipes closed, the program may still be running
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                reaped.append((status, usage))
+            elif time.monotonic() >= deadline:
+                timed_out = True
+            else:
+                time.sleep(pause)
+                pause = min(pause * 2, 0.05)
         return bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()]), timed_out, exceeded
 
     @staticmethod

@@ -1,6 +1,7 @@
 """The process side of the sandbox: confine this process, then run the untrusted program.
 
-Started by `factory.rewards.sandbox` as `python -I -B sandbox_child.py SPEC` inside the sandbox's temp dir. It must
+Started by `factory.rewards.sandbox` as `python -I -B -c BOOTSTRAP CODE SPEC` inside the sandbox's temp dir, where
+CODE is this file compiled once by the parent (marshal), so no run pays for compiling or finding it. It must
 not import `factory` (the sandboxed interpreter runs isolated, without the repository on its path) and it must do
 all confinement before any untrusted byte runs. Order matters:
 
@@ -18,7 +19,7 @@ Then it runs, as the spec says: `exec` (execv an argv, e.g. a compiled C++ progr
 (compile and run a Python program in this same interpreter: `script` like `python solution.py`, `function` calls
 a named function on JSON arguments, `assert` runs HumanEval-style `check(candidate)`).
 
-Results of `function`/`assert` runs go, one JSON object a line, to the original stdout, which the child keeps on a
+Results of `function`/`assert` runs go, one Python-literal dict a line, to the original stdout, which the child keeps on a
 private descriptor; the program's own stdout is sent to stderr so that prints cannot mix with results. Each line
 carries a nonce the parent chose; the parent compares returned values with the expected ones itself, so a program
 cannot pass by printing. (A program that deliberately inspects this harness could forge an `assert` success line:
@@ -27,11 +28,10 @@ the sandbox contains damage, it does not make in-process asserts unforgeable.)
 from __future__ import annotations
 
 import ctypes
-import json
+import marshal
 import os
-import platform
 import resource
-import signal
+import _signal as signal  # the C module: `signal` would import enum, which costs startup time
 import struct
 import sys
 
@@ -287,7 +287,7 @@ def read_paths_for_python() -> list[str]:
 
 def confine(spec: dict) -> dict:
     """Apply every limit; return what was applied (reported back to the parent on failure paths)."""
-    arch = platform.machine()
+    arch = os.uname().machine
     if arch not in _ARCH:
         raise ConfineError(f"unsupported architecture {arch}")
     lim = spec["limits"]
@@ -315,6 +315,8 @@ def _on_alarm(signum, frame):  # noqa: ARG001
 def _jsonable(value, depth: int = 0):
     if depth > 50:
         return repr(value)
+    if isinstance(value, str) and len(value) > 1_000_000:
+        return value[:1_000_000]
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
@@ -367,7 +369,8 @@ def run_python(spec: dict, source: str) -> None:
     nonce = py["nonce"]
 
     def emit(**obj) -> None:
-        out.write(json.dumps({"nonce": nonce, **obj}, default=repr) + "\n")
+        # A Python literal (the parent reads it with ast.literal_eval): no json import, which costs startup time.
+        out.write(repr({"nonce": nonce, **obj}) + "\n")
 
     try:
         code = compile(source, py["filename"], "exec")
@@ -434,16 +437,12 @@ def run_python(spec: dict, source: str) -> None:
     out.flush()
 
 
-def main() -> None:
-    spec_path = sys.argv[1]
-    with open(spec_path) as fh:
-        spec = json.load(fh)
-    os.unlink(spec_path)  # the program must not read its tests' source or the nonce from the file
-    source = None
-    if spec.get("python"):
-        with open(os.path.join(spec["workdir"], spec["python"]["filename"]), encoding="utf-8",
-                  errors="replace") as fh:
-            source = fh.read()
+def main(spec_path: str) -> None:
+    with open(spec_path, "rb") as fh:
+        spec = marshal.load(fh)  # marshal: a builtin, fast to load (json would pull in re, enum…)
+    # The spec lives in the parent's private dir, unreadable once confined: the program cannot read its tests'
+    # source or the nonce. Nothing from the (program-writable) work dir is read before confinement: an earlier run
+    # may have replaced its files with links to secrets.
     try:
         confine(spec)
     except Exception as exc:  # noqa: BLE001
@@ -453,8 +452,10 @@ def main() -> None:
     if spec.get("argv"):
         argv = spec["argv"]
         os.execv(argv[0], argv)
+    with open(os.path.join(spec["workdir"], spec["python"]["filename"]), encoding="utf-8", errors="replace") as fh:
+        source = fh.read()
     run_python(spec, source)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1])
