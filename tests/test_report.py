@@ -12,10 +12,12 @@ import tempfile
 from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from factory import report_plots as plots
 from factory.evaluate import summarize, write_summary
 from factory.report import render_report, write_report
 from factory.schema import load_schema
@@ -250,3 +252,18 @@ def test_report_in_headless_chromium(tmp_path):
     chromium(f"--screenshot={screenshot}", "--window-size=1200,3600", "--hide-scrollbars", report.as_uri())
     data = screenshot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 50_000  # a blank page compresses to a few kB
+
+
+def test_plot_helpers_on_edge_data():
+    assert plots.nice_ticks(0, 1, 5) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert plots.nice_ticks(0, 5300, 5) == [0, 2000, 4000]
+    assert "no values" in plots.histogram(np.array([np.nan]), "t", "x")
+    one_value = plots.histogram(np.array([3.0, 3.0]), "t", "x")
+    assert one_value.count('<rect class="bar"') == 1
+    # a long training log is thinned so the page stays small
+    steps = list(range(20_000))
+    svg = plots.line_chart({"loss": (steps, [1 / (s + 1) for s in steps])}, "t", "step", "loss", max_points=1000)
+    points = svg.split('points="')[1].split('"')[0].split()
+    assert 900 <= len(points) <= 1001 and points[-1].startswith(f"{plots.WIDTH - plots.MARGIN_RIGHT}")
+    # labels are escaped, never markup
+    assert "<b>" not in plots.stacked_bars([("<b>stage</b>", [("kept", 1, "#000")])], "t")
