@@ -187,12 +187,18 @@ def _quotas(rows: int, est_bytes: float, target_bytes: float) -> list[int]:
 
 
 class _ShardSeq:
-    """Writes one config's rows into `<prefix>-XXXXX-of-YYYYY.parquet` files of fixed row quotas."""
+    """Writes one config's rows into `<prefix>-XXXXX-of-YYYYY.parquet` files of fixed row quotas.
+
+    Rows arrive in small pieces (one input batch split across configs); they are buffered up to a full row group so
+    the shards get row groups of `row_group_rows` rows, not one per piece.
+    """
 
     def __init__(self, folder: Path, prefix: str, quotas: list[int], schema: pa.Schema, row_group_rows: int):
         self.folder, self.prefix, self.quotas, self.schema = folder, prefix, quotas, schema
         self.row_group_rows = row_group_rows
         self.index, self.left, self.writer = -1, 0, None
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
         self.bytes = 0
         folder.mkdir(parents=True, exist_ok=True)
 
@@ -203,18 +209,27 @@ class _ShardSeq:
         name = f"{self.prefix}-{self.index:05d}-of-{len(self.quotas):05d}.parquet"
         self.writer = pq.ParquetWriter(self.folder / name, self.schema, compression="zstd")
 
+    def _flush(self) -> None:
+        if self.pending_rows:
+            self.writer.write_table(pa.concat_tables(self.pending), row_group_size=self.row_group_rows)
+        self.pending, self.pending_rows = [], 0
+
     def write(self, table: pa.Table) -> None:
         self.bytes += table.nbytes
         while table.num_rows:
             if self.left == 0:
                 self._next()
             take = min(self.left, table.num_rows)
-            self.writer.write_table(table.slice(0, take), row_group_size=self.row_group_rows)
+            self.pending.append(table.slice(0, take))
+            self.pending_rows += take
             self.left -= take
             table = table.slice(take)
+            if self.pending_rows >= self.row_group_rows or self.left == 0:
+                self._flush()
 
     def close(self) -> None:
         if self.writer is not None:
+            self._flush()
             self.writer.close()
             self.writer = None
 

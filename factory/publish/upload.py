@@ -43,6 +43,14 @@ def require_token() -> str:
     return token
 
 
+def require_online() -> None:
+    """An upload cannot work with huggingface_hub's offline mode on: say so before any work."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise PublishError("HF_HUB_OFFLINE is set: the Hub cannot be reached; unset it, or pass --dry-run")
+
+
 @dataclass
 class UploadPlan:
     repo_id: str

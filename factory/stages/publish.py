@@ -14,7 +14,15 @@ from rich.console import Console
 from factory.publish.common import PublishError, assert_secret_absent, write_json_atomic
 from factory.publish.dataset import DatasetBuild, DatasetPublishConfig, build_dataset_folder
 from factory.publish.model import ModelBuild, ModelPublishConfig, build_model_folder
-from factory.publish.upload import UploadPlan, check_repo_id, plan_upload, require_token, resolve_token, upload
+from factory.publish.upload import (
+    UploadPlan,
+    check_repo_id,
+    plan_upload,
+    require_online,
+    require_token,
+    resolve_token,
+    upload,
+)
 
 STAGE = "publish"
 
@@ -24,6 +32,8 @@ class PublishConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    repo_id: str | None = Field(None, description="ORG/NAME of the dataset repo; the --repo-id flag overrides it")
+    private: bool = False
     dataset: DatasetPublishConfig = Field(default_factory=DatasetPublishConfig)
     model: ModelPublishConfig = Field(default_factory=ModelPublishConfig)
     large_upload_mb: float = Field(1000.0, gt=0, description="above this size, the resumable large-folder upload")
@@ -38,14 +48,24 @@ class PublishResult:
     dry_run: bool = False
 
 
-def run_publish(config: PublishConfig, out_dir: Path | str, repo_id: str, private: bool = False,
+def run_publish(config: PublishConfig, out_dir: Path | str, repo_id: str | None = None, private: bool | None = None,
                 dry_run: bool = False, console: Console | None = None) -> PublishResult:
-    """Publish run folder `out_dir` as dataset repo `repo_id` (and model repo `model.repo_id or repo_id`)."""
+    """Publish run folder `out_dir` as dataset repo `repo_id` (and model repo `model.repo_id or repo_id`).
+
+    `repo_id` and `private` override the config's keys of the same name (the CLI flags).
+    """
     console = console or Console(highlight=False, soft_wrap=True)
     run_dir = Path(out_dir)
+    repo_id = repo_id or config.repo_id
+    if not repo_id:
+        raise PublishError("--repo-id: no repo id given (flag or publish.repo_id in the pipeline YAML)")
+    private = config.private if private is None else private
     check_repo_id(repo_id)
     model_repo_id = check_repo_id(config.model.repo_id, "publish.model.repo_id") if config.model.repo_id else repo_id
-    token = None if dry_run else require_token()
+    token = None
+    if not dry_run:
+        token = require_token()
+        require_online()
     if not run_dir.is_dir():
         raise PublishError(f"{run_dir}: no such run folder")
     want_model = config.model.enabled if config.model.enabled is not None else (run_dir / "sft" / "final").is_dir()
