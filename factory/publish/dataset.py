@@ -209,10 +209,16 @@ class _ShardSeq:
         name = f"{self.prefix}-{self.index:05d}-of-{len(self.quotas):05d}.parquet"
         self.writer = pq.ParquetWriter(self.folder / name, self.schema, compression="zstd")
 
-    def _flush(self) -> None:
-        if self.pending_rows:
-            self.writer.write_table(pa.concat_tables(self.pending), row_group_size=self.row_group_rows)
-        self.pending, self.pending_rows = [], 0
+    def _flush(self, final: bool = False) -> None:
+        """Write the buffered rows in whole row groups; the remainder too when the shard is `final`."""
+        if not self.pending_rows:
+            return
+        table = pa.concat_tables(self.pending)
+        n = table.num_rows if final else table.num_rows - table.num_rows % self.row_group_rows
+        if n:
+            self.writer.write_table(table.slice(0, n), row_group_size=self.row_group_rows)
+        rest = table.slice(n)
+        self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
 
     def write(self, table: pa.Table) -> None:
         self.bytes += table.nbytes
@@ -224,12 +230,14 @@ class _ShardSeq:
             self.pending_rows += take
             self.left -= take
             table = table.slice(take)
-            if self.pending_rows >= self.row_group_rows or self.left == 0:
+            if self.left == 0:
+                self._flush(final=True)
+            elif self.pending_rows >= self.row_group_rows:
                 self._flush()
 
     def close(self) -> None:
         if self.writer is not None:
-            self._flush()
+            self._flush(final=True)
             self.writer.close()
             self.writer = None
 
