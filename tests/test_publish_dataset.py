@@ -149,6 +149,9 @@ def test_empty_dataset_is_refused(tmp_path, monkeypatch):
     with pytest.raises(PublishError, match=r"curate: no part-\*\.parquet shards; nothing to publish"):
         build_dataset_folder(run, run / "publish" / "dataset", DatasetPublishConfig(), "org/x")
     write_shard(run / "curate" / "part-00000.parquet", "curated", [])
+    with pytest.raises(PublishError, match=r"curate: the stage has not finished \(no counts\.json\)"):
+        build_dataset_folder(run, run / "publish" / "dataset", DatasetPublishConfig(), "org/x")
+    (run / "curate" / "counts.json").write_text('{"stage": "curate", "records_in": 0, "records_out": 0}')
     with pytest.raises(PublishError, match="the shards hold no rows; nothing to publish"):
         build_dataset_folder(run, run / "publish" / "dataset", DatasetPublishConfig(), "org/x")
     _assert_nothing_written(run)

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from rich.console import Console
 from rich.progress import Progress
 
 from factory.publish.cards import HUB_LICENSES, TEXT_TASK_CATEGORIES, render, size_category, validate_dataset_card
@@ -254,7 +255,7 @@ def _reshard(shards: list[Path], folder: Path, plans: dict[str, ConfigPlan], spl
                            cfg.row_group_rows) for key, p in plans.items()}
     total = sum(p.rows for p in plans.values())
     read = columns + ([split_by] if split_by and split_by not in columns else [])
-    with Progress(transient=True) as progress:
+    with Progress(transient=True, console=Console(stderr=True)) as progress:
         task = progress.add_task(f"publish: resharding {label}", total=total)
         for path in shards:
             for batch in pq.ParquetFile(path).iter_batches(batch_size=cfg.row_group_rows, columns=read):
@@ -364,6 +365,8 @@ def build_dataset_folder(run_dir: Path, folder: Path, cfg: DatasetPublishConfig,
     shards = list_shards(curate_dir)
     if not shards:
         raise PublishError(f"{curate_dir}: no part-*.parquet shards; nothing to publish (run `factory curate` first)")
+    if not (curate_dir / "counts.json").exists():
+        raise PublishError(f"{curate_dir}: the stage has not finished (no counts.json); rerun it to complete it")
     schema = check_uniform_schema(shards, expected=cfg.schema_name)
     columns = list(cfg.columns or schema.names)
     unknown = [c for c in columns if c not in schema.names]
