@@ -224,3 +224,9 @@ def test_row_groups_are_full_even_when_batches_split_across_configs(run):
     build_dataset_folder(run, folder, DatasetPublishConfig(row_group_rows=8), "org/r1-demo")
     md = pq.ParquetFile(folder / "data" / "math" / "train-00000-of-00001.parquet").metadata
     assert [md.row_group(i).num_rows for i in range(md.num_row_groups)] == [8, 8, 8, 6]
+
+
+def test_domain_named_like_a_reserved_config_is_refused(run):
+    write_shard(run / "curate" / "part-00002.parquet", "curated", [curated_row(99, "all", "x")])
+    with pytest.raises(PublishError, match="'domain' value 'all' collides with the reserved config"):
+        build_dataset_folder(run, run / "publish" / "dataset", DatasetPublishConfig(), "org/x")

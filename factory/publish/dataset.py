@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
 from rich.progress import Progress
 
-from factory.publish.cards import HUB_LICENSES, TEXT_TASK_CATEGORIES, render, size_category, validate_dataset_card
+from factory.publish.cards import (
+    HUB_LICENSES,
+    TEXT_TASK_CATEGORIES,
+    render,
+    size_category,
+    validate_dataset_card,
+)
 from factory.publish.common import (
     PublishError,
     commit_dir,
@@ -55,7 +62,7 @@ class DatasetPublishConfig(BaseModel):
     split_by: str | None = Field("domain", description="column whose values become configs (plus `all`)")
     columns: list[str] | None = Field(None, description="columns to publish; all of the schema when unset")
     shard_size_mb: float = Field(500.0, gt=0, le=50_000,
-                                 description="target in-memory (Arrow) size of a shard, as push_to_hub's max_shard_size")
+                                 description="target in-memory (Arrow) size of a shard (push_to_hub's max_shard_size)")
     include_rejected: bool = Field(False, description="publish DIR/curate/rejected as config `rejected`")
     row_group_rows: int = Field(1000, ge=1, le=1_000_000)
 
@@ -173,8 +180,8 @@ def plan_configs(shards: list[Path], split_by: str | None, columns: list[str]) -
                 plans[key].token_sum += tokens[i]
                 plans[key].token_rows += 1
     for key in plans:
-        if key == ALL and split_by:
-            raise PublishError(f"{split_by!r} value {ALL!r} collides with the config of every sample; rename it")
+        if key in (ALL, REJECTED) and split_by:
+            raise PublishError(f"{split_by!r} value {key!r} collides with the reserved config {key!r}; rename it")
         if not _CONFIG_NAME.match(str(key)):
             raise PublishError(f"{split_by!r} value {key!r} cannot name a config (letters, digits, '_', '.', '-')")
     return dict(sorted(plans.items()))
@@ -248,7 +255,8 @@ class _ShardSeq:
 
 
 def _reshard(shards: list[Path], folder: Path, plans: dict[str, ConfigPlan], split_by: str | None,
-             columns: list[str], schema: pa.Schema, cfg: DatasetPublishConfig, prefix: str, label: str) -> dict[str, int]:
+             columns: list[str], schema: pa.Schema, cfg: DatasetPublishConfig, prefix: str,
+             label: str) -> dict[str, int]:
     """One pass over the input shards routing every row to its config's shard sequence; returns Arrow bytes."""
     target = cfg.shard_size_mb * 1e6
     seqs = {key: _ShardSeq(folder / "data" / key, prefix, _quotas(p.rows, p.est_bytes, target), schema,
@@ -414,8 +422,6 @@ def build_dataset_folder(run_dir: Path, folder: Path, cfg: DatasetPublishConfig,
         write_text_atomic(tmp / "README.md", text)
         commit_dir(tmp, folder)
     except BaseException:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     configs = {name: info[2] for name, info in infos.items()}

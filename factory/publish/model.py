@@ -205,13 +205,16 @@ def build_model_folder(run_dir: Path, folder: Path, cfg: ModelPublishConfig, rep
     elif (src / "config.json").exists():
         kind = "full"
         adapter_config = None
-        weights = [p for p in src.iterdir() if p.suffix == ".safetensors" or fnmatch.fnmatch(p.name, "pytorch_model*.bin")]
+        weights = [p for p in src.iterdir()
+                   if p.suffix == ".safetensors" or fnmatch.fnmatch(p.name, "pytorch_model*.bin")]
     else:
         raise PublishError(f"{src}: neither adapter_config.json (LoRA adapter) nor config.json (full model)")
     if not weights:
-        raise PublishError(f"{src}: no weights ({'adapter_model.safetensors' if kind == 'adapter' else '*.safetensors'})")
+        expected = "adapter_model.safetensors" if kind == "adapter" else "*.safetensors"
+        raise PublishError(f"{src}: no weights ({expected})")
     if not any((src / name).exists() for name in TOKENIZER_FILES):
-        raise PublishError(f"{src}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); save the tokenizer with the model")
+        raise PublishError(f"{src}: no tokenizer files ({', '.join(TOKENIZER_FILES)}); "
+                           f"save the tokenizer with the model")
 
     sft_config = stage_config(run_dir, "sft")
     local_base = (adapter_config or {}).get("base_model_name_or_path") or _find_key(
@@ -229,7 +232,8 @@ def build_model_folder(run_dir: Path, folder: Path, cfg: ModelPublishConfig, rep
         copied = _copy_model_files(src, tmp)
         if kind == "adapter" and cfg.base_model and adapter_config.get("base_model_name_or_path") != cfg.base_model:
             # Point the adapter at the Hub base so `PeftModel.from_pretrained(repo)` works for others.
-            write_json_atomic(tmp / "adapter_config.json", {**adapter_config, "base_model_name_or_path": cfg.base_model})
+            write_json_atomic(tmp / "adapter_config.json",
+                              {**adapter_config, "base_model_name_or_path": cfg.base_model})
         if cfg.include_training_record:
             (tmp / "training").mkdir()
             if log_rows:
