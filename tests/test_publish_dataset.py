@@ -230,3 +230,16 @@ def test_domain_named_like_a_reserved_config_is_refused(run):
     write_shard(run / "curate" / "part-00002.parquet", "curated", [curated_row(99, "all", "x")])
     with pytest.raises(PublishError, match="'domain' value 'all' collides with the reserved config"):
         build_dataset_folder(run, run / "publish" / "dataset", DatasetPublishConfig(), "org/x")
+
+
+def test_bare_run_folder_still_gets_an_honest_card(run):
+    # Only the curated shards and their counts: no manifests, no funnel, no rejected rows.
+    for stage in ("generate", "verify"):
+        (run / stage / "manifest.json").unlink()
+    (run / "curate" / "manifest.json").unlink()
+    (run / "curate" / "funnel.json").unlink()
+    build = build_dataset_folder(run, run / "publish" / "dataset", DatasetPublishConfig(), "org/r1-demo")
+    validate_dataset_card(build.card_text)
+    assert "No `generate/manifest.json` was found" in build.card_text
+    assert "No `curate/manifest.json` was found" in build.card_text
+    assert "This run recorded no decontamination step" in build.card_text
