@@ -1,0 +1,76 @@
+"""The `factory` command: a thin typer layer over the Python API."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from factory.config import ConfigError, load_pipeline
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="R1 distillation data factory: generate → verify → curate → sft → eval → publish.")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="pipeline YAML (see pipelines/)")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default: outputs/<name>)")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a YAML key: --set sampling.n=8")]
+NewRunOpt = Annotated[bool, typer.Option("--new-run", help="discard this stage's earlier output and start afresh")]
+
+
+def _load(config: Path, overrides: list[str] | None):
+    try:
+        return load_pipeline(config, overrides or [])
+    except ConfigError as exc:
+        typer.secho(f"config error:\n{exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def _out(cfg, out: Path | None) -> Path:
+    return out if out is not None else Path("outputs") / cfg.name
+
+
+def _guard(fn, *args, **kwargs):
+    """Run a stage; known user errors print one clear message and exit 1 instead of a traceback."""
+    from factory.schema import SchemaError
+    from factory.shards import StageConfigChanged
+    from factory.sources import SourceError
+    from factory.teachers import TeacherError
+
+    try:
+        return fn(*args, **kwargs)
+    except (SourceError, TeacherError, StageConfigChanged, SchemaError, FileNotFoundError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def run(pipeline: Annotated[Path, typer.Argument(help="pipeline YAML, e.g. pipelines/demo.yaml")],
+        out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False,
+        stages: Annotated[Optional[str], typer.Option(help="comma-separated subset of the pipeline's stages")] = None):
+    """Run the pipeline's stages in order, resuming a stopped run."""
+    from factory.pipeline import run_pipeline
+
+    cfg = _load(pipeline, set_)
+    _guard(run_pipeline, cfg, _out(cfg, out), new_run=new_run, only=stages.split(",") if stages else None)
+
+
+@app.command()
+def generate(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
+    """Prompts → k teacher traces per prompt (DIR/generate/)."""
+    from factory.stages.generate import run_generate
+
+    cfg = _load(config, set_)
+    _guard(run_generate, cfg, _out(cfg, out), new_run=new_run)
+
+
+# typer names the option after the parameter; `--set` is the public spelling.
+for command in app.registered_commands:
+    command.context_settings = {"help_option_names": ["-h", "--help"]}
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
