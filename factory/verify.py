@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from factory.rewards.choice import ChoiceConfig, ExactConfig, _letter_of, normalize_exact, score_choice, score_exact
+from factory.rewards.choice import ChoiceConfig, ExactConfig, letter_of, normalize_exact, score_choice, score_exact
 from factory.rewards.code import CodeConfig, score_code
 from factory.rewards.format import score_format
 from factory.rewards.math import MathConfig, answers_equivalent, score_math
@@ -42,6 +42,7 @@ class VerifyConfig(BaseModel):
     exact: ExactConfig = Field(default_factory=ExactConfig)
     consensus: ConsensusConfig = Field(default_factory=ConsensusConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
+    workers: int = Field(1, ge=1, le=256, description="worker processes over shards (speed only)")
 
 
 @dataclass
@@ -59,7 +60,7 @@ def reward_kind(record: dict, cfg: VerifyConfig) -> str:
     if kind != "auto":
         return kind
     ref = record.get("answer")
-    return "choice" if ref and _letter_of(ref, cfg.choice.letters) else "math"
+    return "choice" if ref and letter_of(ref, cfg.choice.letters) else "math"
 
 
 def _accuracy(record: dict, kind: str, cfg: VerifyConfig) -> RewardResult:

@@ -195,10 +195,10 @@ def test_sockets_cannot_reach_a_listening_server():
     server.settimeout(0.2)
     port = server.getsockname()[1]
     accepted = []
+    done = threading.Event()
 
     def accept():
-        deadline = time.monotonic() + 6
-        while time.monotonic() < deadline:
+        while not done.is_set():
             try:
                 conn, _ = server.accept()
                 accepted.append(conn)
@@ -222,6 +222,8 @@ def test_sockets_cannot_reach_a_listening_server():
                     print("refused", exc.errno)
         """)
     finally:
+        time.sleep(0.3)  # a connection in flight would be accepted by now
+        done.set()
         t.join()
         server.close()
     assert b"CONNECTED" not in r.stdout and r.stdout.count(b"refused") == 3, r
@@ -333,3 +335,33 @@ def test_closing_its_pipes_does_not_end_the_watch():
         os._exit(3)
     """)
     assert r.returncode == 3 and not r.timed_out, r
+
+
+def test_programs_die_with_a_killed_verifier(tmp_path):
+    """SIGKILL the process running a sandbox: its sleeping program must not outlive it."""
+    marker = tmp_path / "pid"
+    script = textwrap.dedent(f"""
+        from factory.rewards.sandbox import Sandbox, Limits
+        with Sandbox(Limits(cpu_s=5, wall_s=600)) as sb:
+            sb.write("solution.py", "import os, time\\nprint(os.getpid(), flush=True)\\ntime.sleep(600)")
+            sb.run_python("solution.py")
+    """)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    verifier = subprocess.Popen([sys.executable, "-c", script], env=env)
+    deadline = time.monotonic() + 30
+    child = None
+    while time.monotonic() < deadline and child is None:
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    if int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1]) == verifier.pid:
+                        child = int(name)
+                except (OSError, IndexError, ValueError):
+                    pass
+        time.sleep(0.05)
+    assert child is not None, "the sandboxed program never started"
+    time.sleep(0.3)  # let it reach its sleep
+    verifier.kill()
+    verifier.wait()
+    time.sleep(0.5)
+    assert processes_in_group(child) == [], "the program outlived the verifier"

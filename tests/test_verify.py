@@ -180,3 +180,103 @@ def test_config_from_yaml_and_errors():
         VerifyConfig.model_validate({"code": {"case_timeout": 3}})
     with pytest.raises(ValidationError, match="rewards.math"):
         VerifyConfig.model_validate({"rewards": {"math": "neural"}})
+
+
+# --- the stage: DIR/generate → DIR/verify through the shard runner ----------------------------------------------
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from factory.shards import ShardResult, StageConfigChanged, StageDir, iter_stage_rows  # noqa: E402
+from factory.stages.verify import run_verify  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_generate(run_dir: Path, units: list[list[dict]]) -> None:
+    stage = StageDir(run_dir / "generate", "generate", load_schema("trace"))
+    stage.prepare("fp", {"test": True}, {"units": len(units)})
+    for u, rows in enumerate(units):
+        stage.commit_result(u, ShardResult(rows=rows))
+    stage.finalize(records_in=sum(len(r) for r in units))
+
+
+def stage_units(with_code: bool) -> list[list[dict]]:
+    rows = shard() + (code_shard() if with_code else [])
+    by_prompt: dict[str, list[dict]] = {}
+    for r in rows:
+        by_prompt.setdefault(r["prompt_id"], []).append(r)
+    groups = list(by_prompt.values())
+    return [sum(groups[i::3], []) for i in range(3)]  # 3 parts, every prompt's samples in one part
+
+
+def all_rows(run_dir: Path) -> list[dict]:
+    return sorted(iter_stage_rows(run_dir / "verify", "verdict"), key=lambda r: (r["prompt_id"], r["sample_idx"]))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_stage_writes_verdicts_counts_and_resumes(tmp_path, workers):
+    make_generate(tmp_path, stage_units(with_code=False))
+    counts = run_verify(VerifyConfig(workers=workers), tmp_path)
+    n = len(shard())
+    assert (counts["records_in"], counts["records_out"], counts["units"]) == (n, n, 3)
+    extra = counts["extra"]
+    assert extra["samples"] == n and extra["accuracy"]["correct"] >= 4 and extra["format"]["ok"] >= 6
+    assert extra["selected"] + extra["not_selected"] == n and "rejected: accuracy wrong" in extra["select_reason"]
+    assert json.loads((tmp_path / "verify" / "counts.json").read_text()) == counts
+    before = all_rows(tmp_path)
+    # lose a committed part, as if the run died before it: the rerun redoes exactly that one
+    (tmp_path / "verify" / "part-00001.parquet").unlink()
+    lines = (tmp_path / "verify" / "ledger.jsonl").read_text().splitlines()
+    (tmp_path / "verify" / "ledger.jsonl").write_text("".join(x + "\n" for x in lines if '"unit": 1,' not in x))
+    assert run_verify(VerifyConfig(workers=workers), tmp_path)["records_out"] == n
+    assert all_rows(tmp_path) == before
+    with pytest.raises(StageConfigChanged):
+        run_verify(VerifyConfig.model_validate({"select": {"policy": "shortest_correct"}}), tmp_path)
+    assert run_verify(VerifyConfig(workers=3), tmp_path)["records_out"] == n  # workers are speed only
+
+
+class _Pipeline:  # what `factory run` passes: a pipeline config with a `verify` block
+    verify = VerifyConfig.model_validate({"select": {"policy": "at_most_m", "m": 1}})
+
+
+def test_stage_takes_a_pipeline_config(tmp_path):
+    make_generate(tmp_path, stage_units(with_code=False))
+    run_verify(_Pipeline(), tmp_path)
+    rows = all_rows(tmp_path)
+    assert sum(r["selected"] for r in rows if r["prompt_id"] == "m1") == 1
+
+
+KILL_SCRIPT = """
+import sys
+from factory.stages.verify import run_verify
+from factory.verify import VerifyConfig
+run_verify(VerifyConfig(), sys.argv[1])
+"""
+
+
+@pytest.mark.skipif(not capabilities()["usable"], reason="no sandbox on this machine")
+def test_killed_run_resumes_to_the_uninterrupted_output(tmp_path):
+    """SIGKILL a real `run_verify` process once its first part is committed; the resumed output equals a clean run."""
+    units = stage_units(with_code=True)
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    make_generate(clean, units)
+    make_generate(killed, units)
+    run_verify(VerifyConfig(), clean)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(killed)], env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if list((killed / "verify").glob("part-*.parquet")):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    parts_at_kill = len(list((killed / "verify").glob("part-*.parquet")))
+    run_verify(VerifyConfig(), killed)
+    assert proc.returncode == -signal.SIGKILL and 1 <= parts_at_kill < 3, (proc.returncode, parts_at_kill)
+    assert all_rows(killed) == all_rows(clean)
+    counts = json.loads((killed / "verify" / "counts.json").read_text())
+    assert counts["records_out"] == counts["records_in"] == sum(len(u) for u in units)

@@ -33,7 +33,7 @@ def _unwrap(s: str) -> str:
     return s.replace("$", "").replace("**", "").strip()
 
 
-def _letter_of(text: str, letters: str) -> str | None:
+def letter_of(text: str, letters: str) -> str | None:
     """The letter in a short answer like "C", "(C)", "\\text{(C)}", "C) 12", "C." or "Option C"."""
     s = _unwrap(text)
     m = re.fullmatch(rf"(?:option|choice|answer)?\s*:?\s*\(?\s*([{letters}])\s*\)?\s*[.:]?", s, re.IGNORECASE)
@@ -48,12 +48,12 @@ def extract_choice(answer_text: str, template: str | None, cfg: ChoiceConfig) ->
     if template == "r1_zero":
         tagged = last_tag(text, "answer")
         if tagged is not None:
-            letter = _letter_of(last_boxed(tagged) or tagged, cfg.letters)
+            letter = letter_of(last_boxed(tagged) or tagged, cfg.letters)
             if letter:
                 return letter, "last <answer> tag"
     boxed = last_boxed(text)
     if boxed is not None:
-        letter = _letter_of(boxed, cfg.letters)
+        letter = letter_of(boxed, cfg.letters)
         if letter:
             return letter, "last \\boxed{}"
     pattern = re.compile(rf"answer\s*(?:is|:)?\s*[:*$\s]*(?:\\text\{{)?\(?\s*([{cfg.letters}])\b\)?", re.IGNORECASE)
@@ -64,7 +64,7 @@ def extract_choice(answer_text: str, template: str | None, cfg: ChoiceConfig) ->
         return found.group(1), "'answer is X' phrase"
     lines = [ln for ln in text.strip().splitlines() if ln.strip()]
     if lines:
-        letter = _letter_of(lines[-1], cfg.letters)
+        letter = letter_of(lines[-1], cfg.letters)
         if letter:
             return letter, "last line"
     return None, "no choice letter found"
@@ -77,7 +77,7 @@ def score_choice(answer_text: str, reference: str | None, template: str | None =
     letter, how = extract_choice(answer_text or "", template, cfg)
     if letter is None:
         return RewardResult(0.0, "no_answer", how)
-    gold = _letter_of(reference, cfg.letters) if reference else None
+    gold = letter_of(reference, cfg.letters) if reference else None
     if gold is None:
         why = "no reference answer" if not reference else f"reference {reference!r} is not a choice letter"
         return RewardResult(0.0, "no_reference", why, letter)

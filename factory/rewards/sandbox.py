@@ -191,7 +191,8 @@ class Sandbox:
         if not self.dir:
             raise RuntimeError("Sandbox used outside its `with` block")
         lim = limits or self.limits
-        spec = {**spec, "workdir": self.dir, "limits": asdict(lim), "require_landlock": self.require_landlock}
+        spec = {**spec, "workdir": self.dir, "limits": asdict(lim), "require_landlock": self.require_landlock,
+                "parent_pid": os.getpid()}
         spec_path = os.path.join(self._private, f"spec-{secrets.token_hex(6)}")
         with open(spec_path, "wb") as fh:
             marshal.dump(spec, fh)

@@ -42,6 +42,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 _libc.prctl.restype = ctypes.c_int
 
+PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
 PR_SET_SECCOMP = 22
 PR_CAPBSET_DROP = 24
@@ -438,8 +439,13 @@ def run_python(spec: dict, source: str) -> None:
 
 
 def main(spec_path: str) -> None:
+    # Die with the parent: a verifier killed mid-run must not leave programs running (wall limits are the
+    # parent's to enforce). The check after the prctl closes the race with a parent that died just before.
+    _libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
     with open(spec_path, "rb") as fh:
         spec = marshal.load(fh)  # marshal: a builtin, fast to load (json would pull in re, enum…)
+    if os.getppid() != spec["parent_pid"]:
+        os._exit(CONFINE_ERROR_EXIT)
     # The spec lives in the parent's private dir, unreadable once confined: the program cannot read its tests'
     # source or the nonce. Nothing from the (program-writable) work dir is read before confinement: an earlier run
     # may have replaced its files with links to secrets.
