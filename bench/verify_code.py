@@ -4,8 +4,8 @@ Ours: `score_code` on a reply holding each canonical solution — confined proce
 process group), harness, verdict. Baseline in the same run: the usual unconfined check, `python -I` on
 prompt + solution + test + `check(entry_point)` in a subprocess with a timeout (what HumanEval's reference harness
 does, minus its in-process monkeypatching). Both run sequentially in one stream; figures are samples per wall
-second and per CPU-second (this process and its children: robust to a shared machine). Also checked: every canonical solution passes and every broken one (body replaced by `return object()`)
-fails, in the sandbox.
+second and per CPU-second (this process and its children: robust to a shared machine). Also checked: every
+canonical solution passes and every broken one (body replaced by `return object()`) fails, in the sandbox.
 
 Usage: PYTHONPATH=. python bench/verify_code.py [--limit 164]
 Prints one summary line, then a JSON result.
@@ -109,7 +109,8 @@ def main() -> None:
         "ratio_vs_unconfined": round(base_wall / ours_wall, 3),
         "ours_samples_per_cpu_s": round(n / ours_cpu, 2), "baseline_samples_per_cpu_s": round(n / base_cpu, 2),
         "cpu_ratio_vs_unconfined": round(base_cpu / ours_cpu, 3), "load_average": os.getloadavg()[0],
-        "ours_median_s": round(statistics.median(times), 4), "baseline_median_s": round(statistics.median(base_times), 4),
+        "ours_median_s": round(statistics.median(times), 4),
+        "baseline_median_s": round(statistics.median(base_times), 4),
         "ours_p95_s": round(sorted(times)[int(0.95 * (n - 1))], 4),
         "canonical_passed": verdicts.get("passed", 0), "canonical_verdicts": dict(verdicts),
         "canonical_failures": failures[:10], "baseline_passed": base_passed,
@@ -117,7 +118,8 @@ def main() -> None:
         "device": f"CPU ({os.cpu_count()} cores), one sample at a time",
     }
     print(f"verify_code: {n / ours_wall:.1f} samples/s sandboxed vs {n / base_wall:.1f} unconfined "
-          f"({base_wall / ours_wall:.2f}x wall; per CPU-second {n / ours_cpu:.1f} vs {n / base_cpu:.1f}); canonical passed {verdicts.get('passed', 0)}/{n}, broken passed "
+          f"({base_wall / ours_wall:.2f}x wall; per CPU-second {n / ours_cpu:.1f} vs {n / base_cpu:.1f}); "
+          f"canonical passed {verdicts.get('passed', 0)}/{n}, broken passed "
           f"{len(broken_passed)}/{n}")
     print(json.dumps(result, indent=2))
 

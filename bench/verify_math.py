@@ -161,7 +161,8 @@ def main() -> None:
         "device": "CPU, 1 process",
     }
     print(f"verify_math: ours {ours_rate:.0f} samples/s/core vs math-verify on the whole trace {base_rate:.1f} "
-          f"samples/s/core = {ours_rate / base_rate:.1f}x on {n} traces of ~{info.get('tokens_per_trace') or info.get('tokens_per_trace_estimated')} "
+          f"samples/s/core = {ours_rate / base_rate:.1f}x on {n} traces of "
+          f"~{info.get('tokens_per_trace') or info.get('tokens_per_trace_estimated')} "
           f"tokens (ours right on {accuracy['ours_matches_construction']:.1%}, baseline "
           f"{accuracy['baseline_matches_construction']:.1%})")
     print(json.dumps(result, indent=2))

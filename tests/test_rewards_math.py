@@ -310,9 +310,11 @@ from factory.rewards.latex_numeric import numeric_value, provably_different  # n
 
 @pytest.mark.parametrize("a,b", [
     ("i^2", "-1"), (r"4\frac{2}{3}", "14/3"), ("1,000", "1000"), (r"(0,9) \cup (9,36)", r"(9,36) \cup (0,9)"),
-    (r"\{1,2\}", r"\{2,1\}"), ("2k+2", "2(k+1)"), (r"e^{i\pi}", "-1"), ("-2, 1", "1, -2"), (r"\frac{1}{2\pi}", r"1/2\pi"),
+    (r"\{1,2\}", r"\{2,1\}"), ("2k+2", "2(k+1)"), (r"e^{i\pi}", "-1"), ("-2, 1", "1, -2"),
+    (r"\frac{1}{2\pi}", r"1/2\pi"),
     (r"\sqrt{2}/2", r"\frac{1}{\sqrt2}"), ("30^\\circ", "30"), ("(x+1)^2", "x^2+2x+1"), (r"2^{10}", "1024"),
-    (r"\frac{1}{3}", "0.333333"), ("6 - 5i", "-5i + 6"), (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"),
+    (r"\frac{1}{3}", "0.333333"), ("6 - 5i", "-5i + 6"),
+    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"),
 ])
 def test_provably_different_never_fires_on_equal_answers(a, b):
     assert provably_different(a, b) is None and provably_different(b, a) is None
@@ -321,7 +323,8 @@ def test_provably_different_never_fires_on_equal_answers(a, b):
 @pytest.mark.parametrize("a,b", [
     ("6+9i", "8+9i"), ("x^5 - x^4 + x^3", "x^5 - x^4 + x^8"), ("(15,-29)", "(16,-29)"), ("-2,1", "-2,9"),
     (r"(-\infty, 2) \cup (3, \infty)", r"(-\infty, 0) \cup (3, \infty)"), (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}",
-    r"\begin{pmatrix} 1 \\ 3 \end{pmatrix}"), (r"\frac{\sqrt{3}}{3}", r"\frac{\sqrt{7}}{3}"), ("76^\\circ", "66^\\circ"),
+    r"\begin{pmatrix} 1 \\ 3 \end{pmatrix}"), (r"\frac{\sqrt{3}}{3}", r"\frac{\sqrt{7}}{3}"),
+    ("76^\\circ", "66^\\circ"),
     ("2k+2", "2k+3"), (r"\{1, 2\}", r"\{1, 3\}"),
 ])
 def test_provably_different_fires_where_math_verify_also_says_different(a, b):
@@ -360,3 +363,24 @@ def test_numeric_value_gives_up_on_what_it_does_not_know():
         assert numeric_value(text, {"x": 1.0, "a": 1.0, "b": 2.0, "f": 3.0}) is None, text
     assert numeric_value("3\\sqrt{13}") == pytest.approx(10.8166538)
     assert numeric_value("i^2") == -1
+
+
+def test_an_enclosing_alarm_survives_a_sample_deadline():
+    import signal
+    import time
+
+    from factory.rewards.timeouts import deadline
+
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda *_: fired.append(time.monotonic()))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.4)
+        with deadline(5):
+            pass
+        left = signal.getitimer(signal.ITIMER_REAL)[0]
+        assert 0 < left <= 0.4
+        time.sleep(0.6)
+        assert fired, "the enclosing alarm was cancelled"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

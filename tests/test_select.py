@@ -93,7 +93,8 @@ def test_at_most_m_by_sample_order_or_length():
 
 
 def test_shortest_correct():
-    rows = with_rate([sample(0, tokens=500), sample(1, tokens=100), sample(2, "wrong", tokens=10), sample(3, tokens=100)])
+    rows = with_rate([sample(0, tokens=500), sample(1, tokens=100), sample(2, "wrong", tokens=10),
+                      sample(3, tokens=100)])
     select_group(rows, SelectConfig(policy="shortest_correct"))
     assert [r["selected"] for r in rows] == [False, True, False, False]  # ties go to the lower sample index
     assert "shorter" in rows[0]["select_reason"]

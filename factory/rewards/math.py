@@ -96,7 +96,8 @@ def _compiled(pattern: str) -> re.Pattern[str]:
 # Normalization layer: each rule exists because math-verify 0.9 gets that form wrong (see tests/test_rewards_math)
 # --------------------------------------------------------------------------------------------------------------
 _UNICODE = {"°": "^\\circ", "−": "-", "–": "-", "×": "\\times", "·": "\\cdot", "÷": "\\div", "≤": "\\le",
-            "≥": "\\ge", "≠": "\\ne", "∞": "\\infty", "π": "\\pi", "√": "\\sqrt", "∪": "\\cup", "∩": "\\cap",
+            "≥": "\\ge", "≠": "\\ne", "∞": "\\infty", "π": "\\pi", "√": "\\sqrt", "∪": "\\cup",
+            "∩": "\\cap",
             "\u00a0": " ", "\u2009": " "}
 _UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
 _OVERLINE = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{?(\d+)\}?")

@@ -1,13 +1,14 @@
 """Run untrusted programs (model-written code) confined, with limits, and clean up everything afterwards.
 
-Each `Sandbox` owns a fresh temp dir. Every run starts `sandbox_child.py` in that dir as the leader of its own
-session and process group; the child confines itself (rlimits on CPU, memory, file size, processes and open files;
-Landlock: write only the temp dir, read only the interpreter and system libraries, no TCP; seccomp: no sockets
-but AF_UNIX, no new processes unless allowed, no leaving the group, no signals to other processes; as root, every
-capability dropped) and only then runs the program. The parent enforces a wall-clock timeout and an output cap,
-and always kills the whole group when the run ends. Python programs run in the confined interpreter itself
-(no second interpreter start); anything else (a C++ binary, a compiler) is exec'd after confinement, so the
-design admits other languages.
+Each `Sandbox` owns a fresh work dir (the program's) and a private dir (the parent's: run specs, the child's code).
+Every run starts `sandbox_child` in the work dir as the leader of its own session and process group; the child
+confines itself (rlimits on CPU, memory, file size, processes and open files; Landlock: write only the work dir,
+read only the interpreter and system libraries, no TCP; seccomp: no sockets but AF_UNIX, no new processes unless
+allowed, no leaving the group, no signals to other processes; as root, every capability dropped; death with the
+parent) and only then runs the program. The parent enforces a wall-clock timeout and an output cap, and always
+kills the whole group when the run ends. Python programs run in the confined interpreter itself (no second
+interpreter start); anything else (a C++ binary, a compiler) is exec'd after confinement, so the design admits
+other languages.
 
 Why hand-written: the well-kept sandboxes of the field need root daemons or containers (nsjail, firejail, docker,
 gVisor), and the code-eval harnesses of TRL/open-r1/LiveCodeBench either call out to a remote service or only set

@@ -19,8 +19,8 @@ Then it runs, as the spec says: `exec` (execv an argv, e.g. a compiled C++ progr
 (compile and run a Python program in this same interpreter: `script` like `python solution.py`, `function` calls
 a named function on JSON arguments, `assert` runs HumanEval-style `check(candidate)`).
 
-Results of `function`/`assert` runs go, one Python-literal dict a line, to the original stdout, which the child keeps on a
-private descriptor; the program's own stdout is sent to stderr so that prints cannot mix with results. Each line
+Results of `function`/`assert` runs go, one Python-literal dict a line, to the original stdout, which the child keeps
+on a private descriptor; the program's own stdout is sent to stderr so that prints cannot mix with results. Each line
 carries a nonce the parent chose; the parent compares returned values with the expected ones itself, so a program
 cannot pass by printing. (A program that deliberately inspects this harness could forge an `assert` success line:
 the sandbox contains damage, it does not make in-process asserts unforgeable.)

@@ -5,13 +5,14 @@ nesting them inside a per-sample deadline would silently drop ours. We switch th
 `setitimer`-based deadline around the whole sample instead. Signals only reach the main thread: the shard runner
 runs stage functions in worker processes (main thread), where this works. Called from any other thread, the
 deadline cannot be enforced; it then runs without one, logs a warning once and `enforced()` says so, so the stage
-can record it in its counts.
+can record it in its counts. An enclosing ITIMER_REAL (pytest-timeout's, say) is kept and restored, not cancelled.
 """
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -48,9 +49,15 @@ def deadline(seconds: float | None) -> Iterator[bool]:
         yield False
         return
     previous = signal.signal(signal.SIGALRM, _raise)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    started = time.monotonic()
+    outer, outer_interval = signal.setitimer(signal.ITIMER_REAL, seconds)
+    if 0 < outer < seconds:  # an enclosing deadline (e.g. pytest-timeout's) comes first: keep it first
+        signal.setitimer(signal.ITIMER_REAL, outer)
     try:
         yield True
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer > 0:  # give the enclosing timer back what is left of it (it fires at once if it is over)
+            left = max(outer - (time.monotonic() - started), 1e-6)
+            signal.setitimer(signal.ITIMER_REAL, left, outer_interval)
