@@ -184,3 +184,24 @@ def test_cpp_stdio_passed_and_compile_error():
     assert score_code(reply, tests, CFG).verdict == "passed"
     r = score_code("```cpp\nint main( { return 0 }\n```", tests, CFG)
     assert r.verdict == "compile_error" and "error" in r.reason, r
+
+
+ATTACKS = {
+    "fork bomb": "import os\nwhile True:\n    os.fork()",
+    "unbounded allocation": "x = []\nwhile True:\n    x.append(bytearray(10**7))",
+    "infinite loop": "while True:\n    pass",
+    "write outside": "open('/tmp/factory-attack.txt', 'w').write('x')",
+    "socket": "import socket\nsocket.create_connection(('127.0.0.1', 22), timeout=1)",
+    "huge output": "while True:\n    print('x' * 100000)",
+}
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attacks_through_the_reward_are_recorded_and_the_run_goes_on(name):
+    r = score_code(py(ATTACKS[name]), ADD_STDIO, CodeConfig(case_timeout_s=1, memory_mb=256,
+                                                            max_output_bytes=100_000, stop_on_first_failure=True))
+    assert r.verdict in ("runtime_error", "timeout") and r.reward == 0.0, (name, r)
+    assert r.reason
+    assert not Path("/tmp/factory-attack.txt").exists()
+    ok = score_code(py("a, b = map(int, input().split())\nprint(a + b)"), ADD_STDIO, CFG)
+    assert ok.verdict == "passed"

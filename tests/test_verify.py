@@ -51,6 +51,8 @@ def shard() -> list[dict]:
     s = {"prompt_id": "s1", "domain": "science", "answer": "(B)"}
     rows += [trace(s, 0, "<think>\nchem\n</think>\nThe answer is (B)."),
              trace(s, 1, "<think>\nchem\n</think>\n\\boxed{C}")]
+    big = math_prompt("b1", "12")  # an enormous reply: only its tail is looked at
+    rows += [trace(big, 0, "<think>\n" + "hmm " * 500_000 + "\n</think>\n" + "blah " * 400_000 + "\\boxed{12}")]
     z = math_prompt("z1", "4")
     rows += [trace(z, 0, "<think> 2+2 </think> <answer> 4 </answer>", template="r1_zero"),
              trace(z, 1, "<think> 2+2 </think> 4", template="r1_zero"),
@@ -93,6 +95,7 @@ def test_math_science_and_bad_input_verdicts():
     assert (out[("s1", 0)]["reward_kind"], out[("s1", 0)]["accuracy_verdict"]) == ("choice", "correct")
     assert out[("s1", 1)]["accuracy_verdict"] == "wrong"
 
+    assert out[("b1", 0)]["accuracy_verdict"] == "correct" and out[("b1", 0)]["format_verdict"] == "ok"
     assert out[("z1", 0)]["accuracy_verdict"] == "correct" and out[("z1", 0)]["format_verdict"] == "ok"
     assert out[("z1", 1)]["format_verdict"] == "no_answer_tag" and not out[("z1", 1)]["selected"]
     failed = out[("z1", 2)]
@@ -129,7 +132,7 @@ def test_rows_fit_the_verdict_schema_and_round_trip_parquet(tmp_path):
     assert {"reward_accuracy", "accuracy_verdict", "accuracy_reason", "extracted_answer", "reward_format",
             "format_verdict", "format_reason", "pass_rate", "majority_answer", "selected",
             "select_reason"} <= set(back[0])
-    assert result.stats["prompts"] == 4 and result.stats["accuracy.correct"] >= 4
+    assert result.stats["prompts"] == 5 and result.stats["accuracy.correct"] >= 4
     assert result.rejected == [] and result.dropped == {}
 
 
