@@ -4,11 +4,12 @@ Traces are built from MATH-500: ~6k tokens of LaTeX-heavy reasoning (paragraphs 
 solutions, their boxes removed), then a short answer part ending in \\boxed{…}. k=4 samples per prompt: the
 reference as written, the same answer in another written form where a simple rewrite exists, a wrong answer of the
 same kind (one digit of the reference changed, or another problem's answer when it has no digit), and an answer given
-without a box ("The final answer is …"). Per-kind costs are reported too. Both verifiers see the same traces in the
+without a box ("The final answer is …"). `--wrong other` uses another problem's answer instead (often of another
+type: a harder case for the fast paths). Both verifiers see the same traces in the
 same process, after a warm-up; the reference is parsed once per prompt for both. Throughput is samples per CPU
 second of this process (= per core; the machine may be shared), wall-clock figures alongside.
 
-Usage: PYTHONPATH=. python bench/verify_math.py [--prompts 200] [--tokens 6000]
+Usage: PYTHONPATH=. python bench/verify_math.py [--prompts 200] [--tokens 6000] [--wrong perturbed|other]
 Prints one summary line, then a JSON result.
 """
 from __future__ import annotations
@@ -52,7 +53,15 @@ def perturb(answer: str, rows: list[dict], rng: random.Random) -> str:
     return other
 
 
-def make_traces(n_prompts: int, target_tokens: int, seed: int = 0) -> tuple[list[dict], dict]:
+def other_answer(answer: str, rows: list[dict], rng: random.Random) -> str:
+    other = rng.choice(rows)["answer"]
+    while other == answer:
+        other = rng.choice(rows)["answer"]
+    return other
+
+
+def make_traces(n_prompts: int, target_tokens: int, seed: int = 0,
+                wrong: str = "perturbed") -> tuple[list[dict], dict]:
     rows = [json.loads(line) for line in (BENCH / "math500.jsonl").open()]
     rng = random.Random(seed)
     prompts = rng.sample(rows, min(n_prompts, len(rows)))
@@ -69,8 +78,9 @@ def make_traces(n_prompts: int, target_tokens: int, seed: int = 0) -> tuple[list
     target_chars = int(target_tokens * chars_per_token)
     traces = []
     for p in prompts:
-        answers = [f"$\\boxed{{{p['answer']}}}$", f"$\\boxed{{{rewrite(p['answer'])}}}$",
-                   f"$\\boxed{{{perturb(p['answer'], rows, rng)}}}$", f"The final answer is ${p['answer']}$."]
+        bad = (perturb if wrong == "perturbed" else other_answer)(p["answer"], rows, rng)
+        answers = [f"$\\boxed{{{p['answer']}}}$", f"$\\boxed{{{rewrite(p['answer'])}}}$", f"$\\boxed{{{bad}}}$",
+                   f"The final answer is ${p['answer']}$."]
         for idx, final in enumerate(answers):
             parts, size = ["Okay, let me work through this problem step by step."], 0
             while size < target_chars:
@@ -127,6 +137,8 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--tokens", type=int, default=6000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--wrong", choices=["perturbed", "other"], default="perturbed",
+                    help="wrong answers: a digit of the reference changed, or another problem's answer")
     args = ap.parse_args()
     logging.disable(logging.WARNING)
 
@@ -137,7 +149,7 @@ def main() -> None:
 
     rmath._parse_boxed.cache_clear()  # no answer of the timed run is cached from the warm-up
 
-    traces, info = make_traces(args.prompts, args.tokens, seed=args.seed)
+    traces, info = make_traces(args.prompts, args.tokens, seed=args.seed, wrong=args.wrong)
     ours, ours_wall, ours_cpu = timed(run_ours, traces)
     base, base_wall, base_cpu = timed(run_baseline, traces)
     n = len(traces)
@@ -151,7 +163,7 @@ def main() -> None:
     disagreements = [(t["prompt_id"], t["sample_idx"], t["answer"], o, b) for t, o, b in zip(traces, ours, base)
                      if (o == "correct") != (b == "correct")]
     result = {
-        "bench": "verify_math", "samples": n, "prompts": args.prompts, "k": 4, **info,
+        "bench": "verify_math", "samples": n, "prompts": args.prompts, "k": 4, "wrong_answers": args.wrong, **info,
         "ours_samples_per_cpu_s": round(ours_rate, 1), "baseline_samples_per_cpu_s": round(base_rate, 1),
         "ratio": round(ours_rate / base_rate, 2),
         "ours_wall_s": round(ours_wall, 3), "baseline_wall_s": round(base_wall, 3),
