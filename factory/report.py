@@ -281,7 +281,7 @@ def render_report(run_dir: Path) -> str:
     import jinja2
 
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    template = env.from_string((files("factory") / "templates" / TEMPLATE).read_text(encoding="utf-8"))
+    template = env.from_string((files("factory") / "assets" / TEMPLATE).read_text(encoding="utf-8"))
     return template.render(**build_context(Path(run_dir)))
 
 
@@ -296,6 +296,7 @@ def write_report(run_dir: Path) -> Path:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(html)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for sharing
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
