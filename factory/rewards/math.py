@@ -211,6 +211,13 @@ def _mv():
     return math_verify
 
 
+@functools.cache
+def warm_up() -> None:
+    """Import math-verify and build its parser's tables once, outside any per-sample deadline (in a fresh worker
+    process this takes seconds under load, which would otherwise be charged to the first sample as a timeout)."""
+    _mv().parse("\\boxed{\\frac{1}{2}+\\sqrt{2}x}", parsing_timeout=None)
+
+
 def _mv_parse_text(text: str) -> list:
     mv = _mv()
     return mv.parse(text, parsing_timeout=None)
@@ -254,6 +261,7 @@ def score_math(answer_text: str, reference: str | None, template: str | None = N
                cfg: MathConfig | None = None) -> RewardResult:
     """Math accuracy of one reply; verdicts: correct|wrong|no_answer|no_reference|unparseable|timeout."""
     cfg = cfg or MathConfig()
+    warm_up()
     extracted: str | None = None
     try:
         with deadline(cfg.timeout_s):
@@ -276,6 +284,7 @@ def score_math(answer_text: str, reference: str | None, template: str | None = N
 def answers_equivalent(a: str, b: str, cfg: MathConfig | None = None) -> bool:
     """Whether two extracted answers are the same (for majority voting); never raises."""
     cfg = cfg or MathConfig()
+    warm_up()
     try:
         with deadline(cfg.timeout_s):
             return compare(normalize(a), normalize(b), cfg)[0] == "correct"
