@@ -64,6 +64,24 @@ def generate(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run
 
 
 @app.command()
+def verify(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
+    """Traces → rule-based rewards (math, code in a sandbox, choice, format) and rejection sampling (DIR/verify/)."""
+    from factory.stages.verify import run_verify
+
+    cfg = _load(config, set_)
+    _guard(run_verify, cfg, _out(cfg, out), new_run=new_run)
+
+
+@app.command(name="eval")
+def eval_(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
+    """Models × benchmarks, k samples each: pass@1 ± SE, cons@k, length, truncation (DIR/eval/)."""
+    from factory.stages.eval import run_eval
+
+    cfg = _load(config, set_)
+    _guard(run_eval, cfg, _out(cfg, out), new_run=new_run)
+
+
+@app.command()
 def publish(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None,
             repo_id: Annotated[Optional[str], typer.Option("--repo-id", help="ORG/NAME on the Hub")] = None,
             private: Annotated[Optional[bool], typer.Option("--private/--public", help="repo visibility")] = None,

@@ -12,7 +12,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from factory.sources import SourceConfig
+from factory.eval_config import EvalConfig
 from factory.stages.publish import PublishConfig
+from factory.verify import VerifyConfig
 from factory.templates import TemplateConfig
 
 STAGES = ("generate", "verify", "curate", "sft", "eval", "publish", "report")
@@ -82,6 +84,8 @@ class PipelineConfig(Strict):
     teacher: TeacherConfig = Field(default_factory=VLLMTeacherConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    eval: EvalConfig | None = None
     publish: PublishConfig = Field(default_factory=PublishConfig)
 
     @model_validator(mode="before")
