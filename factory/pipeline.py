@@ -14,9 +14,20 @@ StageFn = Callable[..., dict]
 
 
 def stage_functions() -> dict[str, StageFn]:
+    """Each stage as `fn(cfg, out_dir, new_run=...) -> counts`."""
+    from factory.report import write_report
+    from factory.stages.eval import run_eval
     from factory.stages.generate import run_generate
+    from factory.stages.publish import run_publish
+    from factory.stages.verify import run_verify
 
-    return {"generate": run_generate}
+    return {
+        "generate": run_generate,
+        "verify": run_verify,
+        "eval": run_eval,
+        "publish": lambda cfg, out, new_run=False: {"urls": run_publish(cfg.publish, out).urls},
+        "report": lambda cfg, out, new_run=False: {"report": str(write_report(out))},
+    }
 
 
 def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False, only: list[str] | None = None) -> dict:
@@ -35,4 +46,8 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False, o
         timings[name] = round(time.perf_counter() - started, 2)
         console.print(f"[green]✓[/] {name} done in {timings[name]:.1f}s")
     write_json_atomic(out_dir / "timings.json", timings)
+    if "report" not in stages:
+        from factory.report import write_report
+
+        console.print(f"report: {write_report(out_dir)}")
     return {"stages": results, "timings_s": timings}

@@ -5,21 +5,21 @@ import json
 import shutil
 from pathlib import Path
 
-from factory.config import OpenAITeacherConfig, PipelineConfig, dump_config
+from factory.config import OpenAITeacherConfig, PipelineConfig, SamplingConfig, dump_config
 from factory.progress import console, stage_progress
 from factory.schema import load_schema
 from factory.shards import ShardResult, StageDir, fingerprint
 from factory.sources import load_prompts
 from factory.teachers import GenRequest, GenResult, Teacher, make_teacher
-from factory.templates import chat_messages, render_chat, render_jinja, render_r1_zero, split_think
+from factory.templates import (TemplateConfig, chat_messages, render_chat, render_jinja, render_r1_zero,
+                               split_think)
 
 STAGE = "generate"
 
 
-def build_request(prompt: dict, cfg: PipelineConfig, tokenizer) -> tuple[GenRequest, str]:
+def build_request(prompt: dict, t: TemplateConfig, tokenizer, chat_api: bool = False) -> tuple[GenRequest, str]:
     """The request for one prompt and the prompt text as recorded (for the chat API: the messages as JSON)."""
-    t = cfg.template
-    if isinstance(cfg.teacher, OpenAITeacherConfig) and cfg.teacher.api == "chat":
+    if chat_api:
         if t.kind != "chat":
             raise ValueError(f"template.kind={t.kind} needs teacher.api=completions (the chat API templates itself)")
         messages = chat_messages(prompt, t.instructions, t.system, t.fewshot)
@@ -37,17 +37,22 @@ def build_request(prompt: dict, cfg: PipelineConfig, tokenizer) -> tuple[GenRequ
     return GenRequest(key=prompt["prompt_id"], prompt=text, prefill=t.prefill), text
 
 
-def trace_rows(prompt: dict, prompt_text: str, result: GenResult, cfg: PipelineConfig, teacher_id: str) -> list[dict]:
-    sampling = json.dumps(dump_config(cfg.sampling), sort_keys=True)
+def uses_chat_api(cfg: PipelineConfig) -> bool:
+    return isinstance(cfg.teacher, OpenAITeacherConfig) and cfg.teacher.api == "chat"
+
+
+def trace_rows(prompt: dict, prompt_text: str, result: GenResult, template: TemplateConfig, sampling_cfg: SamplingConfig,
+               teacher_id: str) -> list[dict]:
+    sampling = json.dumps(dump_config(sampling_cfg), sort_keys=True)
     rows = []
     for idx, s in enumerate(result.samples):
         if s.reasoning is not None:  # the server split the reasoning off: restore the <think> form
             completion = f"<think>\n{s.reasoning}\n</think>\n\n{s.text}"
         else:
-            completion = cfg.template.prefill + s.text
+            completion = template.prefill + s.text
         split = split_think(completion)
         rows.append({**prompt, "sample_idx": idx, "teacher": teacher_id, "sampling": sampling,
-                     "template": cfg.template.kind, "prompt_text": prompt_text, "completion": completion,
+                     "template": template.kind, "prompt_text": prompt_text, "completion": completion,
                      "reasoning": split.reasoning, "answer_text": split.answer_text,
                      "think_closed": split.think_closed, "finish_reason": s.finish_reason,
                      "prompt_tokens": result.prompt_tokens, "completion_tokens": s.completion_tokens,
@@ -105,7 +110,7 @@ def _generate_units(stage: StageDir, units: list[list[dict]], pending: list[int]
     def requests():
         for u in pending:
             for p in units[u]:
-                req, text = build_request(p, cfg, tokenizer)
+                req, text = build_request(p, cfg.template, tokenizer, uses_chat_api(cfg))
                 texts[p["prompt_id"]] = text
                 yield req
 
@@ -117,7 +122,7 @@ def _generate_units(stage: StageDir, units: list[list[dict]], pending: list[int]
             if len(buffers[u]) < len(units[u]):
                 continue
             rows = [r for p in units[u] for r in trace_rows(p, texts.pop(p["prompt_id"]), buffers[u][p["prompt_id"]],
-                                                           cfg, teacher.model_id)]
+                                                           cfg.template, cfg.sampling, teacher.model_id)]
             tokens = sum(r["completion_tokens"] for r in rows)
             stage.commit_result(u, ShardResult(rows=rows, stats={"completion_tokens": tokens}))
             del buffers[u]

@@ -7,8 +7,12 @@ from factory.teachers.base import GenRequest, GenResult, GenSample, Teacher, Tea
 
 def make_teacher(cfg: TeacherConfig, sampling: SamplingConfig) -> Teacher:
     if isinstance(cfg, VLLMTeacherConfig):
-        from factory.teachers.vllm_offline import VLLMTeacher
+        from factory.teachers.vllm_offline import VLLMTeacher, sampling_params
 
+        try:  # refuse bad sampling params before spending a minute starting the engine
+            sampling_params(sampling)
+        except Exception as exc:
+            raise TeacherError(f"sampling: {exc}") from exc
         return VLLMTeacher(cfg, seed=sampling.seed)
     if isinstance(cfg, OpenAITeacherConfig):
         from factory.teachers.openai_server import OpenAITeacher

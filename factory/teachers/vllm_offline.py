@@ -54,7 +54,7 @@ class VLLMTeacher:
         self.cfg = cfg
         self.model_id = cfg.model if cfg.model != "embedded" else "HuggingFaceTB/SmolLM2-135M-Instruct"
         path = resolve_model(cfg.model)
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{cfg.kv_cache_gib:g}")
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
         kwargs: dict[str, Any] = {"model": path, "seed": seed, "dtype": cfg.dtype, "enforce_eager": cfg.enforce_eager,
                                   "tensor_parallel_size": cfg.tensor_parallel_size}
         if cfg.tokenizer:
