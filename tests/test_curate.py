@@ -248,3 +248,28 @@ def test_run_curate_pipeline_entry(tmp_path):
     counts = run_curate(SimpleNamespace(curate=CONFIG), tmp_path)
     assert counts["records_out"] == 4 and (tmp_path / "curate" / "funnel.json").exists()
     assert counts["extra"]["filters"]["selection"] == {"in": 16, "out": 15, "skipped": None}
+    assert run_curate(CONFIG, tmp_path) == counts
+
+
+def test_curate_reads_the_verify_stage(tmp_path):
+    """generate (trace shards via the runner's StageDir) -> the real verify stage -> curate."""
+    from factory.schema import load_schema
+    from factory.shards import ShardResult, StageDir
+    from factory.stages.curate import run_curate
+    from factory.stages.verify import run_verify
+    from factory.verify import VerifyConfig
+
+    gen = StageDir(tmp_path / "generate", "generate", load_schema("trace"))
+    gen.prepare("fp", {}, {})
+    rows = [trace("a", i, answer_text="So the count is $\\boxed{66}$." if i < 3 else "It is $\\boxed{65}$.")
+            for i in range(4)]
+    gen.commit_result(0, ShardResult(rows=rows))
+    gen.finalize(records_in=4)
+    verified = run_verify(VerifyConfig(), tmp_path)
+    assert verified["records_out"] == 4
+    counts = run_curate(CurateConfig(), tmp_path)
+    kept = read(tmp_path / "curate" / "part-00000.parquet")
+    assert counts["extra"]["filters"]["selection"]["skipped"] is None
+    assert kept and all(r["reward_accuracy"] == 1.0 and r["selected"] for r in kept)
+    assert {r["sample_idx"] for r in kept} <= {0, 1, 2} and kept[0]["reward_kind"] == "math"
+    assert kept[0]["pass_rate"] == 0.75

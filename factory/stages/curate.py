@@ -32,12 +32,13 @@ STAGE = "curate"
 FILTER_DIR = "_filter"
 
 
-def run_curate(cfg, out_dir: Path, *, new_run: bool = False) -> dict:
-    """Pipeline entry: curate `out_dir/verify` (or `out_dir/generate`) into `out_dir/curate` with `cfg.curate`
-    (a `CurateConfig`; defaults when the pipeline has no curate block)."""
-    config = getattr(cfg, "curate", None) or CurateConfig()
+def run_curate(config, out_dir: Path | str, *, new_run: bool = False, workers: int | None = None) -> dict:
+    """Pipeline entry: curate `out_dir/verify` (or `out_dir/generate`) into `out_dir/curate`; returns counts.json.
+
+    `config` is a `CurateConfig` or a pipeline config with a `curate` block (absent: the defaults)."""
+    config = config if isinstance(config, CurateConfig) else getattr(config, "curate", None) or CurateConfig()
     out_dir = Path(out_dir)
-    counts = curate_stage(resolve_input(out_dir), out_dir / STAGE, config, new_run=new_run)
+    counts = curate_stage(resolve_input(out_dir), out_dir / STAGE, config, new_run=new_run, workers=workers)
     console.print(f"[bold]curate[/]: {counts['records_in']} samples → {counts['records_out']} kept "
                   f"({counts['records_in'] - counts['records_out']} in {out_dir / STAGE / 'rejected'}), "
                   f"funnel in {out_dir / STAGE / 'funnel.json'}")
