@@ -72,6 +72,15 @@ def verify(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: 
     _guard(run_verify, cfg, _out(cfg, out), new_run=new_run)
 
 
+@app.command()
+def curate(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
+    """Verdicts → selection, truncation, language, readability, repetition, decontam, dedupe (DIR/curate/)."""
+    from factory.stages.curate import run_curate
+
+    cfg = _load(config, set_)
+    _guard(run_curate, cfg, _out(cfg, out), new_run=new_run)
+
+
 @app.command(name="eval")
 def eval_(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
     """Models × benchmarks, k samples each: pass@1 ± SE, cons@k, length, truncation (DIR/eval/)."""

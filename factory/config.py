@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from factory.sources import SourceConfig
+from factory.curate import CurateConfig
 from factory.eval_config import EvalConfig
 from factory.stages.publish import PublishConfig
 from factory.verify import VerifyConfig
@@ -85,6 +86,7 @@ class PipelineConfig(Strict):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
     eval: EvalConfig | None = None
     publish: PublishConfig = Field(default_factory=PublishConfig)
 

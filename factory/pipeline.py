@@ -16,6 +16,7 @@ StageFn = Callable[..., dict]
 def stage_functions() -> dict[str, StageFn]:
     """Each stage as `fn(cfg, out_dir, new_run=...) -> counts`."""
     from factory.report import write_report
+    from factory.stages.curate import run_curate
     from factory.stages.eval import run_eval
     from factory.stages.generate import run_generate
     from factory.stages.publish import run_publish
@@ -24,6 +25,7 @@ def stage_functions() -> dict[str, StageFn]:
     return {
         "generate": run_generate,
         "verify": run_verify,
+        "curate": run_curate,
         "eval": run_eval,
         "publish": lambda cfg, out, new_run=False: {"urls": run_publish(cfg.publish, out).urls},
         "report": lambda cfg, out, new_run=False: {"report": str(write_report(out))},

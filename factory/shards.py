@@ -69,14 +69,23 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     _fsync_write(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def write_parquet_tmp(table: pa.Table, path: Path, suffix: str | None = None) -> Path:
+    """Write `table` to a synced temp file beside `path` (rename it into place to commit). An empty table gets no
+    row group: one of 0 rows makes `datasets.load_dataset("parquet")` fail ("BatchSize must be > 0")."""
+    tmp = path.with_name(f".{path.name}.tmp-{suffix or os.getpid()}")
+    if table.num_rows:
+        pq.write_table(table, tmp, compression="zstd")
+    else:
+        pq.ParquetWriter(tmp, table.schema, compression="zstd").close()
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    return tmp
+
+
 def write_table_atomic(path: Path, table: pa.Table) -> None:
     """Write a Parquet file so that it either exists whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    os.replace(write_parquet_tmp(table, path), path)
 
 
 class StageDir:
@@ -156,18 +165,13 @@ class StageDir:
         table = self.schema.table(result.rows)
         table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                                b"factory.dropped": json.dumps(result.dropped).encode()})
-        part_tmp = self.path / f".{PART.format(unit)}.tmp-{tmp_suffix}"
-        pq.write_table(table, part_tmp, compression="zstd")
+        part_tmp = write_parquet_tmp(table, self.path / PART.format(unit), tmp_suffix)
         rej_tmp = None
         if result.rejected:
             rej_schema = self.rejected_schema or self.schema
             (self.path / "rejected").mkdir(exist_ok=True)
-            rej_tmp = self.path / "rejected" / f".{PART.format(unit)}.tmp-{tmp_suffix}"
-            pq.write_table(rej_schema.table(result.rejected), rej_tmp, compression="zstd")
-        for p in (part_tmp, rej_tmp):
-            if p is not None:
-                with open(p, "rb") as fh:
-                    os.fsync(fh.fileno())
+            rej_tmp = write_parquet_tmp(rej_schema.table(result.rejected), self.path / "rejected" / PART.format(unit),
+                                        tmp_suffix)
         return part_tmp, rej_tmp
 
     def commit(self, unit: int, part_tmp: Path, rej_tmp: Path | None, entry: dict) -> None:

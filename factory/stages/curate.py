@@ -26,7 +26,8 @@ from factory.curate import (KEY_COLUMNS, CurateConfig, CurateError, build_filter
 from factory.dedupe import Deduper
 from factory.progress import console, stage_progress
 from factory.schema import load_schema
-from factory.shards import PART, StageDir, fingerprint, list_parts, read_part, run_map_stage, write_json_atomic
+from factory.shards import (PART, StageDir, fingerprint, list_parts, read_part, run_map_stage, write_json_atomic,
+                            write_parquet_tmp)
 
 STAGE = "curate"
 FILTER_DIR = "_filter"
@@ -96,19 +97,6 @@ def curate_stage(in_dir: Path, out_dir: Path, config: CurateConfig, *, workers: 
     return counts
 
 
-def _write_tmp(table: pa.Table, path: Path) -> Path:
-    """Write a temp file for `StageDir.commit`. An empty table is written with no row group: `pq.write_table`
-    would write one of 0 rows, which `datasets.load_dataset("parquet")` refuses ("BatchSize must be > 0")."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if table.num_rows:
-        pq.write_table(table, tmp, compression="zstd")
-    else:
-        pq.ParquetWriter(tmp, table.schema, compression="zstd").close()
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    return tmp
-
-
 def _dedupe_pass(filter_dir: Path, stage: StageDir, config: CurateConfig) -> dict:
     """Sequential first-occurrence-wins dedupe over the filter pass's shards, one committed unit per shard."""
     curated, rejected = load_schema("curated"), load_schema("rejected")
@@ -139,8 +127,8 @@ def _dedupe_pass(filter_dir: Path, stage: StageDir, config: CurateConfig) -> dic
                     dropped[f"dedupe:{r}"] = dropped.get(f"dedupe:{r}", 0) + 1
             kept = kept.replace_schema_metadata({**kept.schema.metadata,
                                                  b"factory.dropped": json.dumps(dropped).encode()})
-            part_tmp = _write_tmp(kept, stage.path / PART.format(unit))
-            rej_tmp = _write_tmp(rej_table, stage.path / "rejected" / PART.format(unit)) if rej_table.num_rows \
+            part_tmp = write_parquet_tmp(kept, stage.path / PART.format(unit))
+            rej_tmp = write_parquet_tmp(rej_table, stage.path / "rejected" / PART.format(unit)) if rej_table.num_rows \
                 else None
             keys = kept.select(["prompt_id", "sample_idx"]).to_pylist()
             entry = {"unit": unit, "part": PART.format(unit), "rows": kept.num_rows, "rejected": rej_table.num_rows,
