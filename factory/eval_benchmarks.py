@@ -22,6 +22,12 @@ def load_benchmark(config: BenchmarkConfig, limit: int | None = None, base_dir: 
     import datasets
 
     limit = config.limit if config.limit is not None else limit
+    if config.source is not None:
+        from factory.sources import load_source
+
+        rows = [{"id": p["prompt_id"], "problem": p["problem"], "answer": p["answer"], "benchmark": config.name,
+                 "domain": p["domain"]} for p in load_source(config.source)]
+        return rows[:limit] if limit else rows
     local = resolve_local(config.path, base_dir)
     suffix = Path(config.path).suffix.lower()
     if local is None and suffix in LOCAL_BUILDERS:

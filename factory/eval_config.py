@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from factory.sources import SourceConfig
 from factory.templates import TemplateConfig
 
 
@@ -23,6 +24,8 @@ class EvalModel(BaseModel):
     path: str | None = Field(default=None, description="local model folder or Hub id of a full model")
     adapter: str | None = Field(default=None, description="local folder of a PEFT adapter (adapter_config.json)")
     base: str | None = Field(default=None, description="local folder or Hub id of the adapter's base model")
+    template: TemplateConfig | None = Field(default=None, description="this model's prompt template (e.g. a base "
+                                            "model without few-shot turns); None: eval.template, else the pipeline's")
 
     @model_validator(mode="after")
     def _path_or_adapter(self) -> "EvalModel":
@@ -45,7 +48,9 @@ class BenchmarkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, description="label in tables, e.g. aime24")
-    path: str = Field(min_length=1, description="local .jsonl/.json/.parquet file, or a Hub dataset id")
+    path: str | None = Field(default=None, min_length=1, description="local .jsonl/.json/.parquet file, or a Hub id")
+    source: SourceConfig | None = Field(default=None, description="a prompt source instead of a file, e.g. the "
+                                        "built-in arithmetic generator's held-out split")
     subset: str | None = Field(default=None, description="Hub dataset configuration name")
     split: str = Field(default="test", description="Hub dataset split (local files are read whole)")
     domain: Literal["math", "code", "science", "general"] = "math"
@@ -53,6 +58,12 @@ class BenchmarkConfig(BaseModel):
     problem_column: str = "problem"
     answer_column: str = "answer"
     limit: int | None = Field(default=None, ge=1, description="first N problems only (overrides EvalConfig.limit)")
+
+    @model_validator(mode="after")
+    def _path_or_source(self) -> "BenchmarkConfig":
+        if (self.path is None) == (self.source is None):
+            raise ValueError(f"benchmark '{self.name}': give exactly one of 'path' or 'source'")
+        return self
 
 
 class EvalConfig(BaseModel):

@@ -89,31 +89,35 @@ def run_eval(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False, teach
         raise ValueError("the pipeline has no `eval:` block")
     run_dir = Path(out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    template = ecfg.template or cfg.template
     sampling = SamplingConfig(n=ecfg.k, temperature=ecfg.temperature, top_p=ecfg.top_p, max_tokens=ecfg.max_tokens,
                               seed=ecfg.seed)
     benchmarks = [(b, load_benchmark(b, ecfg.limit_for(b), run_dir)) for b in ecfg.benchmarks]
-    models = [(m, *_model_weights(m, run_dir)) if not (teachers and m.name in teachers) else (m, m.name, m.name)
-              for m in ecfg.models]
+    shared = teachers or {}
+    models = [(m, *_model_weights(m, run_dir)) if m.name not in shared else (m, m.name, m.name) for m in ecfg.models]
+    templates = [m.template or ecfg.template or cfg.template for m in ecfg.models]
     units = [(mi, bi) for mi in range(len(models)) for bi in range(len(benchmarks))]
-    config = {"models": [{"name": m.name, "weights": ident} for m, _, ident in models],
-              "template": dump_config(template), "sampling": dump_config(sampling), "vote_ties": ecfg.vote_ties,
-              "verify": dump_config(cfg.verify)}
+    config = {"models": [{"name": m.name, "weights": ident, "template": dump_config(t)}
+                         for (m, _, ident), t in zip(models, templates)],
+              "sampling": dump_config(sampling), "vote_ties": ecfg.vote_ties, "verify": dump_config(cfg.verify)}
     plan = {"benchmarks": [{"name": b.name, "problems": fingerprint([(p["id"], p["problem"], p["answer"])
                                                                       for p in probs])} for b, probs in benchmarks]}
     stage = StageDir(run_dir / STAGE, STAGE, load_schema("eval"))
     stage.prepare(fingerprint({"config": config, "plan": plan}), config, plan, new_run)
     done = stage.ledger()
-    for mi, (model, weights, _) in enumerate(models):
-        todo = [u for u, (m, _b) in enumerate(units) if m == mi and u not in done]
+    # One engine per distinct set of weights: models that differ only in their template share it.
+    for weights in dict.fromkeys(w for _, w, _ in models):
+        todo = [u for u, (mi, _b) in enumerate(units) if models[mi][1] == weights and u not in done]
         if not todo:
             continue
-        own = not (teachers and model.name in teachers)
-        teacher = teachers[model.name] if not own else _start(cfg, ecfg, weights, sampling)
+        name = models[units[todo[0]][0]][0].name
+        own = name not in shared
+        teacher = shared[name] if not own else _start(cfg, ecfg, weights, sampling)
         try:
             for u in todo:
-                bench, problems = benchmarks[units[u][1]]
-                rows = _eval_pair(teacher, model.name, bench.name, bench.domain, problems, template, sampling, cfg)
+                mi, bi = units[u]
+                model = models[mi][0]
+                bench, problems = benchmarks[bi]
+                rows = _eval_pair(teacher, model.name, bench.name, bench.domain, problems, templates[mi], sampling, cfg)
                 stage.commit_result(u, ShardResult(rows=rows))
                 correct = sum(r["reward_accuracy"] >= 1 for r in rows)
                 console.print(f"eval: {model.name} × {bench.name}: {correct}/{len(rows)} samples correct")
