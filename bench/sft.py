@@ -1,0 +1,401 @@
+"""GPU benchmark of the SFT trainer against TRL's SFTTrainer with default (padded) settings, in one run.
+
+Qwen2.5-1.5B / Qwen2.5-7B shapes with random bf16 weights, an R1-like length mix (log-uniform 1k-16k tokens, mean
+~5.4k like the paper's 5,355), short prompts (64-512 tokens, not trained). Each case runs in its own process (clean
+peak-memory figures); the first optimizer step is warm-up and not timed. MFU = model FLOPs (6N, 4N for LoRA's
+frozen weights, + causal attention; no recompute counted) / time / dense bf16 peak (H100 SXM: 989 TFLOP/s).
+
+    python bench/sft.py --out OUT [--cases trl_1p5b,full_1p5b,...]
+
+prints a table, one summary line and the JSON (also written to OUT/sft_bench.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DRY = os.environ.get("BENCH_DRY") == "1"  # tiny shape on the CPU: checks this script, measures nothing
+sys.path.insert(0, str(ROOT))
+
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+SHAPES = {
+    "1p5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True),
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True),  # CPU dry run of this script
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
+               num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
+}
+# name: (shape, kind, options)
+CASES = {
+    "check": ("1p5b", "check", {}),
+    "attn": ("1p5b", "attn", {}),
+    "attn_7b": ("7b", "attn", {}),
+    "trl_1p5b": ("1p5b", "trl", {"batch": 4}),
+    "full_1p5b": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True}),
+    "full_1p5b_ckpt": ("1p5b", "ours", {"mode": "full", "ckpt": True, "micro": 32768, "liger": True}),
+    "lora_1p5b": ("1p5b", "ours", {"mode": "lora", "ckpt": False, "micro": 16384, "liger": True}),
+    "full_1p5b_fsdp": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
+                                        "launch": "fsdp2_1gpu"}),
+    "profile_full_1p5b_fsdp": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
+                                                "launch": "fsdp2_1gpu", "profile": True}),
+    "profile_full_1p5b": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
+                                           "profile": True}),
+    "full_1p5b_fsdp_ckpt": ("1p5b", "ours", {"mode": "full", "ckpt": True, "micro": 32768, "liger": True,
+                                             "launch": "fsdp2_1gpu"}),
+    "lora_7b": ("7b", "ours", {"mode": "lora", "ckpt": True, "micro": 32768, "liger": True}),
+    "lora_7b_32k": ("7b", "ours", {"mode": "lora", "ckpt": True, "micro": 32768, "liger": True,
+                                   "lengths": "32k"}),
+}
+DEFAULT = "check,trl_1p5b,full_1p5b,full_1p5b_ckpt,lora_1p5b"
+
+
+def qwen_config(shape: str):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(max_position_embeddings=32768, rope_theta=1e6, rms_norm_eps=1e-6, **SHAPES[shape])
+
+
+def synthetic_samples(n: int, vocab: int, seed: int = 0, lengths: str = "r1"):
+    """R1-like samples: log-uniform lengths 1k-16k, prompt 64-512 tokens (labels ignored), the rest trained."""
+    import numpy as np
+
+    from factory.train.data import IGNORE_INDEX, TokenizedSample
+
+    rng = np.random.default_rng(seed)
+    if lengths == "32k":
+        sizes = [32768] * n
+    elif DRY:
+        sizes = rng.integers(80, 600, n).tolist()
+    else:
+        sizes = np.exp(rng.uniform(math.log(1024), math.log(16384), n)).astype(int).tolist()
+    out = []
+    for size in sizes:
+        ids = rng.integers(0, vocab, size, dtype=np.int32)
+        labels = ids.copy()
+        labels[: int(rng.integers(16, 64) if DRY else rng.integers(64, 512))] = IGNORE_INDEX
+        out.append(TokenizedSample(ids, labels))
+    return out
+
+
+def _sync() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _peak_gib() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
+
+
+def peak_tflops() -> float:
+    import torch
+
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), 989.0)
+
+
+# ------------------------------------------------------------------------------------------------ cases
+
+def run_check(shape: str, opts: dict) -> dict:
+    """Correctness on the GPU: flash varlen vs per-sample SDPA (GQA), fused CE (torch, liger) vs plain CE."""
+    import torch
+
+    from factory.train.loss import fused_linear_cross_entropy, naive_cross_entropy
+    from factory.train.packing import _reference_varlen, varlen_attention_forward
+
+    torch.manual_seed(0)
+    res = {}
+    cu = torch.tensor([0, 1000, 3500, 8192], dtype=torch.int32, device="cuda")
+    q = torch.randn(1, 12, 8192, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(1, 2, 8192, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(1, 2, 8192, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    out, _ = varlen_attention_forward(None, q, k, v, None, scaling=128 ** -0.5, cu_seq_lens_q=cu, max_length_q=4692)
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    ref = _reference_varlen(q64[0].transpose(0, 1), k64[0].transpose(0, 1), v64[0].transpose(0, 1), cu.cpu(),
+                            128 ** -0.5)[None]
+    ref_grads = torch.autograd.grad(ref.square().sum(), (q64, k64, v64))
+    rel = lambda a, b: float((a.double() - b).norm() / b.norm())  # noqa: E731
+    res["varlen_out_rel_err"] = rel(out, ref)
+    res["varlen_grad_rel_err"] = max(rel(a, b) for a, b in zip(grads, ref_grads))
+    head = torch.nn.Linear(1536, 151936, bias=False, device="cuda", dtype=torch.bfloat16)
+    h = torch.randn(6000, 1536, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    t = torch.randint(0, 151936, (6000,), device="cuda")
+    t[:500] = -100
+    head64 = torch.nn.Linear(1536, 151936, bias=False, device="cuda", dtype=torch.float64)
+    head64.weight.data.copy_(head.weight.data)
+    ref_loss = naive_cross_entropy(h.double(), head64, t)
+    ref_g = torch.autograd.grad(ref_loss, h)[0]
+    for impl in ("torch", "liger"):
+        try:
+            loss = fused_linear_cross_entropy(h, head, t, impl=impl)
+            g = torch.autograd.grad(loss, h)[0]
+            res[f"ce_{impl}_loss_rel_err"] = abs(float(loss) - float(ref_loss)) / float(ref_loss)
+            res[f"ce_{impl}_grad_rel_err"] = rel(g, ref_g.double())
+        except Exception as exc:  # report, don't hide
+            res[f"ce_{impl}_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    res["device"] = torch.cuda.get_device_name(0)
+    res["torch"] = torch.__version__
+    return res
+
+
+def run_attn(shape: str, opts: dict) -> dict:
+    """fwd+bwd time of the packed attention kernels for one 16k-token micro-batch (Qwen2.5-1.5B heads)."""
+    import torch
+
+    from factory.train import packing
+
+    res = {}
+    heads, kv, dim = (12, 2, 128) if shape == "1p5b" else (28, 4, 128)
+    for docs in ([16384], [9000, 5000, 2384], [4096] * 4):
+        total = sum(docs)
+        bounds = [0] + torch.tensor(docs).cumsum(0).tolist()
+        cu = torch.tensor(bounds, dtype=torch.int32, device="cuda")
+        packing.remember_bounds(cu, bounds)
+        q = torch.randn(1, heads, total, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        k = torch.randn(1, kv, total, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        v = torch.randn(1, kv, total, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        flops = sum(2 * d * d * heads * dim for d in docs) * 3.5  # causal fwd (2 matmuls, /2) x (1 fwd + 2.5 bwd)
+        for kernel in ("flash", "cudnn", "auto"):
+            packing.CUDA_KERNEL = kernel
+            try:
+                def step():
+                    out, _ = packing.varlen_attention_forward(None, q, k, v, None, scaling=dim ** -0.5,
+                                                              cu_seq_lens_q=cu, max_length_q=max(docs))
+                    out.sum().backward()
+                for _ in range(3):
+                    step()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(10):
+                    step()
+                torch.cuda.synchronize()
+                ms = (time.perf_counter() - t0) / 10 * 1e3
+                res[f"{kernel}_{len(docs)}docs_ms"] = round(ms, 2)
+                res[f"{kernel}_{len(docs)}docs_tflops"] = round(flops / ms / 1e9, 1)
+            except Exception as exc:
+                res[f"{kernel}_{len(docs)}docs_error"] = f"{type(exc).__name__}: {exc}"[:200]
+    packing.CUDA_KERNEL = "auto"
+    return res
+
+
+def run_ours(shape: str, opts: dict) -> dict:
+    import torch
+
+    from factory.train.config import SFTConfig
+    from factory.train.trainer import train
+
+    config = qwen_config(shape)
+    lengths = opts.get("lengths", "r1")
+    n_steps, batch = (3, 1) if lengths == "32k" else (4, 16)
+    samples = synthetic_samples(n_steps * batch, config.vocab_size, lengths=lengths)
+    cfg = SFTConfig(student=f"qwen2.5-{shape}-shape", init="random", mode=opts["mode"], epochs=1,
+                    max_steps=n_steps, global_batch_size=batch, micro_batch_tokens=opts["micro"],
+                    max_length=opts["micro"], gradient_checkpointing=opts["ckpt"], liger=opts["liger"],
+                    warmup_ratio=0.0, save_every_steps=0, progress=False, precision="fp32" if DRY else "bf16")
+    with tempfile.TemporaryDirectory() as tmp:
+        if opts.get("profile"):
+            return profile_ours(cfg, samples, tmp, config)
+        result = train(cfg, samples, tmp, model_config=config, export=False, save_final=False)
+        log = [json.loads(line) for line in Path(result.log_path).read_text().splitlines()]
+    timed = log[1:]
+    tokens = sum(r["tokens"] - p["tokens"] for p, r in zip(log[:-1], log[1:]))
+    seconds = sum(r["step_s"] for r in timed)
+    tflops = sum(r["tflops_per_gpu"] * r["step_s"] for r in timed) / seconds
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    return {"tokens_per_s_per_gpu": tokens / seconds / world, "tflops_per_gpu": tflops,
+            "mfu": tflops / peak_tflops(), "peak_mem_gib": max(r.get("peak_mem_gib", 0) for r in log),
+            "timed_steps": len(timed), "timed_tokens": tokens, "loss": [r["loss"] for r in log],
+            "mean_len": sum(len(s) for s in samples) / len(samples), "world": world}
+
+
+def profile_ours(cfg, samples, tmp, config) -> dict:
+    """Where the time goes: kernel time by op over the whole run (steps 2-4 dominate) vs wall time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from factory.train.trainer import train
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        started = time.perf_counter()
+        train(cfg, samples, tmp, model_config=config, export=False, save_final=False)
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - started
+    events = prof.key_averages()
+    table = events.table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=60)
+    print(table)
+    kernel_s = sum(e.self_device_time_total for e in events) / 1e6
+    return {"wall_s_profiled": wall, "kernel_s": kernel_s, "table": table[-9000:]}
+
+
+def run_trl(shape: str, opts: dict) -> dict:
+    """TRL SFTTrainer, default settings (padding to the longest of the batch, gradient checkpointing, sdpa,
+    bf16 model), on the same samples; max_length raised so nothing is truncated."""
+    import datasets
+    import torch
+    from tokenizers import Tokenizer, models
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
+    from trl import SFTConfig as TRLConfig
+    from trl import SFTTrainer
+
+    from factory.train.data import IGNORE_INDEX
+    from factory.train.model import model_flops_per_token
+
+    config = qwen_config(shape)
+    samples = synthetic_samples(64, config.vocab_size)
+    ds = datasets.Dataset.from_dict({"input_ids": [s.input_ids.tolist() for s in samples],
+                                     "completion_mask": [(s.labels != IGNORE_INDEX).astype(int).tolist()
+                                                         for s in samples]})
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel({"<pad>": 0, "<eos>": 1, "<unk>": 2},
+                                                                              unk_token="<unk>")),
+                                  pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    stamps: list[tuple[float, int]] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kw):
+            _sync()
+            stamps.append((time.perf_counter(), -1))
+
+    class Counting(SFTTrainer):
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            mask = inputs.get("attention_mask")
+            real = int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+            stamps.append((0.0, real))
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    batch = opts["batch"]
+    result = {}
+    while batch >= 1:
+        stamps.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        torch.manual_seed(0)
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa")
+        steps = min(12, 64 // batch)
+        with tempfile.TemporaryDirectory() as tmp:
+            args = TRLConfig(output_dir=tmp, per_device_train_batch_size=batch, max_steps=steps, learning_rate=1e-4,
+                             logging_steps=1, save_strategy="no", report_to="none", max_length=None, bf16=not DRY,
+                             gradient_checkpointing=True, disable_tqdm=True, dataloader_num_workers=0, seed=0)
+            trainer = Counting(model=model, args=args, train_dataset=ds, processing_class=tok,
+                               callbacks=[Timer()])
+            try:
+                trainer.train()
+            except torch.OutOfMemoryError:
+                result[f"oom_batch_{batch}"] = True
+                del trainer, model
+                batch //= 2
+                continue
+        _sync()
+        end = time.perf_counter()
+        begins = [t for t, n in stamps if n == -1]
+        counts = [n for t, n in stamps if n != -1]
+        # step i runs from begins[i] to begins[i+1] (or the end); skip step 0 (warm-up)
+        bounds = begins[1:] + [end]
+        seconds = bounds[-1] - bounds[0]
+        tokens = sum(counts[1:])
+        lengths_sq = sum(len(s) ** 2 for s in samples) / sum(len(s) for s in samples)
+        fpt = model_flops_per_token(config, lengths_sq, lora=False)
+        tflops = fpt * tokens / seconds / 1e12
+        result.update({"batch": batch, "tokens_per_s_per_gpu": tokens / seconds, "tflops_per_gpu": tflops,
+                       "mfu": tflops / peak_tflops(), "peak_mem_gib": _peak_gib(),
+                       "timed_steps": len(begins) - 1, "timed_tokens": tokens,
+                       "padded_tokens_fraction": None})
+        break
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+def run_case(name: str) -> dict:
+    shape, kind, opts = CASES[name]
+    if DRY:
+        shape, opts = "tiny", {**opts, "micro": 1024, "liger": False}
+    started = time.time()
+    fn = {"check": run_check, "ours": run_ours, "trl": run_trl, "attn": run_attn}[kind]
+    res = fn(shape, opts)
+    res.update({"case": name, "shape": shape, "kind": kind, "options": opts, "wall_s": round(time.time() - started, 1)})
+    return res
+
+
+def child(name: str, result_file: str, timeout: int) -> dict:
+    opts = CASES[name][2]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}:{os.environ.get('PYTHONPATH', '')}", "PYTHONUNBUFFERED": "1",
+           **opts.get("env", {})}
+    if opts.get("launch"):
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(ROOT / "pipelines" / "accelerate" / f"{opts['launch']}.yaml")]
+    else:
+        cmd = [sys.executable]
+    cmd += [str(Path(__file__).resolve()), "--case", name, "--result", result_file]
+    started = time.time()
+    try:
+        proc = subprocess.run(cmd, env=env, timeout=timeout, capture_output=True, text=True)
+        tail = (proc.stdout + proc.stderr)[-3000:]
+        if proc.returncode != 0 or not Path(result_file).exists():
+            return {"case": name, "error": f"exit {proc.returncode}", "tail": tail,
+                    "wall_s": round(time.time() - started, 1)}
+    except subprocess.TimeoutExpired as exc:
+        return {"case": name, "error": f"timeout {timeout}s", "tail": str(exc.stdout)[-2000:] if exc.stdout else ""}
+    return json.loads(Path(result_file).read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cases", default=DEFAULT)
+    parser.add_argument("--case")
+    parser.add_argument("--result")
+    parser.add_argument("--out", default=".")
+    parser.add_argument("--timeout", type=int, default=240)
+    args = parser.parse_args()
+    if args.case:  # child
+        res = run_case(args.case)
+        rank = int(os.environ.get("RANK", 0))
+        if rank == 0:
+            Path(args.result).write_text(json.dumps(res))
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for name in args.cases.split(","):
+        res = child(name, str(out / f"case_{name}.json"), args.timeout)
+        results.append(res)
+        print(json.dumps(res)[:1500], flush=True)
+    by = {r["case"]: r for r in results}
+    base = by.get("trl_1p5b", {}).get("tokens_per_s_per_gpu")
+    print(f"\n{'case':18} {'tok/s/GPU':>10} {'TFLOP/s':>8} {'MFU':>6} {'peak GiB':>9} {'x TRL':>6}")
+    for r in results:
+        if "tokens_per_s_per_gpu" in r:
+            ratio = r["tokens_per_s_per_gpu"] / base if base and r["shape"] == "1p5b" else float("nan")
+            print(f"{r['case']:18} {r['tokens_per_s_per_gpu']:10.0f} {r['tflops_per_gpu']:8.1f} "
+                  f"{r['mfu']:6.1%} {r['peak_mem_gib']:9.1f} {ratio:6.2f}")
+        elif "error" in r:
+            print(f"{r['case']:18} ERROR {r['error']}")
+    best = max((r for r in results if r.get("kind") == "ours" and r.get("shape") == "1p5b"
+                and r.get("options", {}).get("mode") == "full" and "tokens_per_s_per_gpu" in r),
+               key=lambda r: r["tokens_per_s_per_gpu"], default=None)
+    summary = {"device": by.get("check", {}).get("device"), "results": results}
+    if best and base:
+        summary["best_full_1p5b"] = best["case"]
+        summary["speedup_vs_trl_padded"] = best["tokens_per_s_per_gpu"] / base
+        print(f"SUMMARY sft full 1.5B {best['case']}: {best['tokens_per_s_per_gpu']:,.0f} tok/s/GPU, "
+              f"MFU {best['mfu']:.1%}, {summary['speedup_vs_trl_padded']:.2f}x TRL padded ({base:,.0f} tok/s)")
+    (out / "sft_bench.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
