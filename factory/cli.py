@@ -81,6 +81,17 @@ def curate(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: 
     _guard(run_curate, cfg, _out(cfg, out), new_run=new_run)
 
 
+@app.command()
+def sft(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
+    """Curated messages → a LoRA or fully fine-tuned student (DIR/sft/); resumes from its last checkpoint.
+
+    Multi-GPU: accelerate launch --config_file pipelines/accelerate/fsdp2_2gpu.yaml -m factory.stages.sft ..."""
+    from factory.pipeline import run_sft_stage
+
+    cfg = _load(config, set_)
+    _guard(run_sft_stage, cfg, _out(cfg, out), new_run=new_run)
+
+
 @app.command(name="eval")
 def eval_(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
     """Models × benchmarks, k samples each: pass@1 ± SE, cons@k, length, truncation (DIR/eval/)."""

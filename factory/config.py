@@ -15,6 +15,7 @@ from factory.sources import SourceConfig
 from factory.curate import CurateConfig
 from factory.eval_config import EvalConfig
 from factory.stages.publish import PublishConfig
+from factory.train.config import SFTConfig
 from factory.verify import VerifyConfig
 from factory.templates import TemplateConfig
 
@@ -87,6 +88,7 @@ class PipelineConfig(Strict):
     generate: GenerateConfig = Field(default_factory=GenerateConfig)
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
+    sft: SFTConfig | None = None
     eval: EvalConfig | None = None
     publish: PublishConfig = Field(default_factory=PublishConfig)
 

@@ -13,6 +13,34 @@ from factory.shards import write_json_atomic
 StageFn = Callable[..., dict]
 
 
+def run_sft_stage(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False) -> dict:
+    """The pipeline's `sft:` block on DIR/curate; `student: embedded` is the embedded SmolLM2. A finished run with
+    the same configuration is not trained again; a stopped one resumes from its last checkpoint."""
+    import json
+    import shutil
+
+    import yaml
+
+    from factory.stages.sft import run_sft
+
+    if cfg.sft is None:
+        raise ValueError("the pipeline has no `sft:` block")
+    sft = cfg.sft
+    if sft.student == "embedded":
+        from factory.embedded import embedded_model_dir
+
+        sft = sft.model_copy(update={"student": str(embedded_model_dir())})
+    sft_dir = Path(out_dir) / "sft"
+    if new_run:
+        shutil.rmtree(sft_dir, ignore_errors=True)
+    done = sft_dir / "counts.json"
+    if done.exists() and (sft_dir / "sft_config.yaml").exists():
+        if yaml.safe_load((sft_dir / "sft_config.yaml").read_text()) == {"sft": sft.model_dump()}:
+            console.print(f"sft: already trained in {sft_dir}")
+            return json.loads(done.read_text())
+    return run_sft(sft, out_dir)
+
+
 def stage_functions() -> dict[str, StageFn]:
     """Each stage as `fn(cfg, out_dir, new_run=...) -> counts`."""
     from factory.report import write_report
@@ -26,6 +54,7 @@ def stage_functions() -> dict[str, StageFn]:
         "generate": run_generate,
         "verify": run_verify,
         "curate": run_curate,
+        "sft": run_sft_stage,
         "eval": run_eval,
         "publish": lambda cfg, out, new_run=False: {"urls": run_publish(cfg.publish, out).urls},
         "report": lambda cfg, out, new_run=False: {"report": str(write_report(out))},

@@ -91,7 +91,9 @@ def write_table_atomic(path: Path, table: pa.Table) -> None:
 class StageDir:
     """One stage's output folder: parts, rejected parts, ledger, manifest and counts."""
 
-    def __init__(self, path: Path, stage: str, schema: Schema, rejected_schema: Schema | None = None):
+    def __init__(self, path: Path, stage: str, schema: Schema, rejected_schema: Schema | None = None,
+                 key_columns: tuple[str, ...] = ("prompt_id", "sample_idx")):
+        self.key_columns = key_columns
         self.path = Path(path)
         self.stage = stage
         self.schema = schema
@@ -145,13 +147,13 @@ class StageDir:
         return entries
 
     def _entry_from_part(self, unit: int, part: Path) -> dict:
-        table = pq.read_table(part, columns=[c for c in ("prompt_id", "sample_idx") if c in self.schema.names])
+        table = pq.read_table(part, columns=[c for c in self.key_columns if c in self.schema.names])
         rejected_path = self.path / "rejected" / PART.format(unit)
         rejected = pq.read_metadata(rejected_path).num_rows if rejected_path.exists() else 0
         meta = pq.read_schema(part).metadata or {}
         dropped = json.loads(meta.get(b"factory.dropped", b"{}"))
         return {"unit": unit, "part": part.name, "rows": table.num_rows, "rejected": rejected,
-                "dropped": dropped, "keys": _keys(table.to_pylist()), "recovered": True}
+                "dropped": dropped, "keys": _keys(table.to_pylist(), self.key_columns), "recovered": True}
 
     def _append_ledger(self, entry: dict) -> None:
         with open(self.ledger_path, "a") as fh:
@@ -182,7 +184,7 @@ class StageDir:
 
     def commit_result(self, unit: int, result: ShardResult) -> dict:
         part_tmp, rej_tmp = self.write_unit_files(unit, result, str(os.getpid()))
-        entry = _ledger_entry(unit, result)
+        entry = _ledger_entry(unit, result, self.key_columns)
         self.commit(unit, part_tmp, rej_tmp, entry)
         return entry
 
@@ -194,7 +196,7 @@ class StageDir:
             dropped.update(e.get("dropped", {}))
         keys = [tuple(k) for e in entries.values() for k in e.get("keys", [])]
         if len(keys) != len(set(keys)):
-            raise RuntimeError(f"{self.path}: duplicated (prompt_id, sample_idx) keys across parts")
+            raise RuntimeError(f"{self.path}: duplicated {self.key_columns} keys across parts")
         counts = {"stage": self.stage, "records_in": records_in,
                   "records_out": sum(e["rows"] for e in entries.values()),
                   "rejected": sum(e.get("rejected", 0) for e in entries.values()),
@@ -215,13 +217,13 @@ def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [prefix.rstrip(".")]
 
 
-def _keys(rows: Iterable[dict]) -> list[list]:
-    return [[r["prompt_id"], r["sample_idx"]] for r in rows if "prompt_id" in r and "sample_idx" in r]
+def _keys(rows: Iterable[dict], columns: Sequence[str] = ("prompt_id", "sample_idx")) -> list[list]:
+    return [[r[c] for c in columns] for r in rows if all(c in r for c in columns)]
 
 
-def _ledger_entry(unit: int, result: ShardResult) -> dict:
+def _ledger_entry(unit: int, result: ShardResult, columns: Sequence[str] = ("prompt_id", "sample_idx")) -> dict:
     return {"unit": unit, "part": PART.format(unit), "rows": len(result.rows), "rejected": len(result.rejected),
-            "dropped": result.dropped, "keys": _keys(result.rows), "stats": result.stats}
+            "dropped": result.dropped, "keys": _keys(result.rows, columns), "stats": result.stats}
 
 
 # -- reading ------------------------------------------------------------------------------------------------
@@ -250,7 +252,7 @@ def _run_map_unit(fn: Callable[[list[dict]], ShardResult], in_part: str, in_sche
     rows = read_part(Path(in_part), in_schema).to_pylist()
     result = fn(rows)
     part_tmp, rej_tmp = stage.write_unit_files(unit, result, f"{os.getpid()}-{unit}")
-    return unit, str(part_tmp), str(rej_tmp) if rej_tmp else None, _ledger_entry(unit, result)
+    return unit, str(part_tmp), str(rej_tmp) if rej_tmp else None, _ledger_entry(unit, result, stage.key_columns)
 
 
 def run_map_stage(*, name: str, in_dir: Path, out_dir: Path, out_schema: Schema, fn: Callable[[list[dict]], ShardResult],

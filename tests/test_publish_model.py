@@ -59,7 +59,7 @@ def test_adapter_folder_loads_with_peft_and_card_validates(tmp_path):
                        ("HuggingFaceH4/aime_2024", "pass@1"): 0.05, ("HuggingFaceH4/aime_2024", "cons@4"): 0.067}
     body = card.text
     assert "AutoPeftModelForCausalLM" in body and "r: 4" in body and "lora_alpha: 8" in body
-    assert "| sft/final | math500 | 4 | 500 | 0.412 | 0.011 | 0.47 |" in body
+    assert "| sft/model | math500 | 4 | 500 | 0.412 | 0.011 | 0.47 |" in body
     assert "| HuggingFaceTB/SmolLM2-135M-Instruct | math500 |" in body  # the baseline row stays in the table
     assert "loss 1.9 at the first logged step, 1 at the last" in body
     assert "hf_should_never_show" not in (folder / "training" / "sft_config.json").read_text() + body
@@ -69,7 +69,7 @@ def test_full_model_folder_loads_with_transformers(tmp_path):
     run = tmp_path / "run"
     final = make_sft(run, "full")
     folder = run / "publish" / "model"
-    build = build_model_folder(run, folder, ModelPublishConfig(eval_model="sft/final"), "org/r1-student", None)
+    build = build_model_folder(run, folder, ModelPublishConfig(eval_model="sft/model"), "org/r1-student", None)
     assert build.kind == "full"
     tokenizer = AutoTokenizer.from_pretrained(folder)
     published = AutoModelForCausalLM.from_pretrained(folder).eval()
@@ -88,7 +88,7 @@ def test_eval_rows_of_the_student_only_in_model_index(tmp_path):
     run = tmp_path / "run"
     make_sft(run, "full")
     summary = json.loads((run / "eval" / "summary.json").read_text())
-    (run / "eval" / "summary.json").write_text(json.dumps([r for r in summary if r["model"] != "sft/final"]))
+    (run / "eval" / "summary.json").write_text(json.dumps([r for r in summary if r["model"] != "sft/model"]))
     folder = run / "publish" / "model"
     build = build_model_folder(run, folder, ModelPublishConfig(), "org/r1-student", None)
     assert build.eval_rows == 1  # one model evaluated: it is this one
@@ -98,7 +98,7 @@ def test_eval_rows_of_the_student_only_in_model_index(tmp_path):
 
 def test_bad_model_inputs_are_named(tmp_path):
     run = tmp_path / "run"
-    with pytest.raises(PublishError, match=r"sft/final: no trained model or adapter"):
+    with pytest.raises(PublishError, match=r"sft: no trained model or adapter"):
         build_model_folder(run, run / "publish" / "model", ModelPublishConfig(), "org/x", None)
     final = make_sft(run, "adapter")
     (final / "tokenizer.json").unlink()

@@ -46,11 +46,14 @@ BENCHMARK_DATASETS = {
 
 
 class ModelPublishConfig(BaseModel):
-    """How DIR/sft/final becomes a Hub model repo."""
+    """How the SFT stage's output (DIR/sft/adapter for LoRA, DIR/sft/model for full or merged weights) becomes a Hub
+    model repo."""
 
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool | None = Field(None, description="None: publish when DIR/sft/final exists")
+    enabled: bool | None = Field(None, description="None: publish when the SFT stage left a model or adapter")
+    artifact: Literal["auto", "adapter", "model"] = Field(
+        "auto", description="auto: the LoRA adapter when there is one, else the full model")
     repo_id: str | None = Field(None, description="model repo; defaults to the dataset's --repo-id")
     base_model: str | None = Field(None, description="Hub id of the base model when SFT loaded it from a local path")
     license: str = "apache-2.0"
@@ -158,7 +161,8 @@ def _student_rows(rows: list[dict], cfg: ModelPublishConfig, model_dir: Path, ru
         return rows
     names = {str(model_dir), str(model_dir.resolve()), str(model_dir.relative_to(run_dir)),
              str(model_dir.parent.relative_to(run_dir)), "sft", "student"}
-    return [r for r in rows if str(r["model"]) in names or str(r["model"]).rstrip("/").endswith("sft/final")]
+    return [r for r in rows if str(r["model"]) in names
+            or str(r["model"]).rstrip("/").endswith(("sft/model", "sft/adapter"))]
 
 
 def _eval_results(rows: list[dict]):
@@ -189,14 +193,23 @@ def _copy_model_files(src: Path, dst: Path) -> list[str]:
     return copied
 
 
+def sft_artifact(run_dir: Path, artifact: str = "auto") -> Path | None:
+    """The folder the SFT stage left: `adapter/` (LoRA) or `model/` (full, or LoRA merged on export)."""
+    order = {"auto": ("adapter", "model"), "adapter": ("adapter",), "model": ("model",)}[artifact]
+    for name in order:
+        if (run_dir / "sft" / name).is_dir():
+            return run_dir / "sft" / name
+    return None
+
+
 def build_model_folder(run_dir: Path, folder: Path, cfg: ModelPublishConfig, repo_id: str,
                        dataset_repo_id: str | None) -> ModelBuild:
-    """Build the repo folder of DIR/sft/final into `folder` (written beside it, swapped in when complete)."""
+    """Build the repo folder of the trained student into `folder` (written beside it, swapped in when complete)."""
     from huggingface_hub import ModelCardData
 
-    src = run_dir / "sft" / "final"
-    if not src.is_dir():
-        raise PublishError(f"{src}: no trained model or adapter (run `factory sft` first, or set "
+    src = sft_artifact(run_dir, cfg.artifact)
+    if src is None:
+        raise PublishError(f"{run_dir / 'sft'}: no trained model or adapter (run `factory sft` first, or set "
                            f"publish.model.enabled: false)")
     if (src / "adapter_config.json").exists():
         kind: Literal["adapter", "full"] = "adapter"

@@ -49,7 +49,10 @@ def _model_weights(model: EvalModel, run_dir: Path) -> tuple[str, str]:
     """(folder or Hub id vLLM loads, identity for the fingerprint); adapters are merged into their base once."""
     if model.adapter is None:
         path = _resolve(model.path, run_dir)
-        return path, path
+        weights = sorted(Path(path).glob("*.safetensors")) if Path(path).is_dir() else []
+        # a retrained student in the same folder must not reuse the old results
+        stamp = ",".join(f"{w.name}:{w.stat().st_size}:{w.stat().st_mtime_ns}" for w in weights)
+        return path, f"{path}@{hashlib.sha256(stamp.encode()).hexdigest()[:12]}" if stamp else path
     base = _resolve(model.base, run_dir)
     adapter = Path(_resolve(model.adapter, run_dir))
     check_adapter(model.model_copy(update={"base": base, "adapter": str(adapter)}), run_dir)
@@ -101,7 +104,7 @@ def run_eval(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False, teach
               "sampling": dump_config(sampling), "vote_ties": ecfg.vote_ties, "verify": dump_config(cfg.verify)}
     plan = {"benchmarks": [{"name": b.name, "problems": fingerprint([(p["id"], p["problem"], p["answer"])
                                                                       for p in probs])} for b, probs in benchmarks]}
-    stage = StageDir(run_dir / STAGE, STAGE, load_schema("eval"))
+    stage = StageDir(run_dir / STAGE, STAGE, load_schema("eval"), key_columns=("model", "prompt_id", "sample_idx"))
     stage.prepare(fingerprint({"config": config, "plan": plan}), config, plan, new_run)
     done = stage.ledger()
     # One engine per distinct set of weights: models that differ only in their template share it.

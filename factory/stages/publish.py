@@ -13,7 +13,7 @@ from rich.console import Console
 
 from factory.publish.common import PublishError, assert_secret_absent, write_json_atomic
 from factory.publish.dataset import DatasetBuild, DatasetPublishConfig, build_dataset_folder
-from factory.publish.model import ModelBuild, ModelPublishConfig, build_model_folder
+from factory.publish.model import ModelBuild, ModelPublishConfig, build_model_folder, sft_artifact
 from factory.publish.upload import (
     UploadPlan,
     check_repo_id,
@@ -68,7 +68,7 @@ def run_publish(config: PublishConfig, out_dir: Path | str, repo_id: str | None 
         require_online()
     if not run_dir.is_dir():
         raise PublishError(f"{run_dir}: no such run folder")
-    want_model = config.model.enabled if config.model.enabled is not None else (run_dir / "sft" / "final").is_dir()
+    want_model = config.model.enabled if config.model.enabled is not None else sft_artifact(run_dir, config.model.artifact) is not None
     if not config.dataset.enabled and not want_model:
         raise PublishError("publish: both publish.dataset.enabled and publish.model.enabled are off; nothing to do")
 

@@ -107,7 +107,7 @@ def tiny_tokenizer():
 
 
 def make_sft(run: Path, kind: str = "adapter", base_dir: Path | None = None) -> Path:
-    """DIR/sft as the SFT stage leaves it: final/ (LoRA adapter or full model) + tokenizer, train log, manifest."""
+    """DIR/sft as the SFT stage leaves it: adapter/ (LoRA) or model/ (full) + tokenizer, train log, manifest."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -118,7 +118,7 @@ def make_sft(run: Path, kind: str = "adapter", base_dir: Path | None = None) -> 
                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     model = LlamaForCausalLM(config)
-    final = run / "sft" / "final"
+    final = run / "sft" / ("adapter" if kind == "adapter" else "model")
     base_dir = base_dir or run / "base"
     model.save_pretrained(base_dir)
     tokenizer.save_pretrained(base_dir)
@@ -145,9 +145,9 @@ def make_sft(run: Path, kind: str = "adapter", base_dir: Path | None = None) -> 
         "hub_token": "hf_should_never_show"}}))
     (run / "eval").mkdir(parents=True, exist_ok=True)
     summary = [
-        {"model": "sft/final", "benchmark": "math500", "k": 4, "n_problems": 500, "pass@1": 0.412,
+        {"model": "sft/model", "benchmark": "math500", "k": 4, "n_problems": 500, "pass@1": 0.412,
          "pass@1_se": 0.011, "cons@k": 0.47, "mean_tokens": 1834.2, "truncation_rate": 0.03},
-        {"model": "sft/final", "benchmark": "aime24", "k": 4, "n_problems": 30, "pass@1": 0.05, "pass@1_se": 0.02,
+        {"model": "sft/model", "benchmark": "aime24", "k": 4, "n_problems": 30, "pass@1": 0.05, "pass@1_se": 0.02,
          "cons@k": 0.067, "mean_tokens": 3900.0, "truncation_rate": 0.2},
         {"model": "HuggingFaceTB/SmolLM2-135M-Instruct", "benchmark": "math500", "k": 4, "n_problems": 500,
          "pass@1": 0.1, "pass@1_se": 0.01, "cons@k": 0.12, "mean_tokens": 900.0, "truncation_rate": 0.01},
