@@ -1,0 +1,135 @@
+"""The `factory` command: a thin typer layer over the Python API."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from factory.config import ConfigError, load_pipeline
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="R1 distillation data factory: generate → verify → curate → sft → eval → publish.")
+
+ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="pipeline YAML (see pipelines/)")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default: outputs/<name>)")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a YAML key: --set sampling.n=8")]
+NewRunOpt = Annotated[bool, typer.Option("--new-run", help="discard this stage's earlier output and start afresh")]
+
+
+def _load(config: Path, overrides: list[str] | None):
+    try:
+        return load_pipeline(config, overrides or [])
+    except ConfigError as exc:
+        typer.secho(f"config error:\n{exc}", fg="red", err=True)
+        raise typer.Exit(2) from None
+
+
+def _out(cfg, out: Path | None) -> Path:
+    return out if out is not None else Path("outputs") / cfg.name
+
+
+def _guard(fn, *args, **kwargs):
+    """Run a stage; known user errors print one clear message and exit 1 instead of a traceback."""
+    from factory.schema import SchemaError
+    from factory.shards import StageConfigChanged
+    from factory.sources import SourceError
+    from factory.teachers import TeacherError
+
+    try:
+        return fn(*args, **kwargs)
+    except (SourceError, TeacherError, StageConfigChanged, SchemaError, FileNotFoundError, ValueError) as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def run(pipeline: Annotated[Path, typer.Argument(help="pipeline YAML, e.g. pipelines/demo.yaml")],
+        out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False,
+        stages: Annotated[Optional[str], typer.Option(help="comma-separated subset of the pipeline's stages")] = None):
+    """Run the pipeline's stages in order, resuming a stopped run."""
+    from factory.pipeline import run_pipeline
+
+    cfg = _load(pipeline, set_)
+    _guard(run_pipeline, cfg, _out(cfg, out), new_run=new_run, only=stages.split(",") if stages else None)
+
+
+@app.command()
+def generate(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
+    """Prompts → k teacher traces per prompt (DIR/generate/)."""
+    from factory.stages.generate import run_generate
+
+    cfg = _load(config, set_)
+    _guard(run_generate, cfg, _out(cfg, out), new_run=new_run)
+
+
+@app.command()
+def verify(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
+    """Traces → rule-based rewards (math, code in a sandbox, choice, format) and rejection sampling (DIR/verify/)."""
+    from factory.stages.verify import run_verify
+
+    cfg = _load(config, set_)
+    _guard(run_verify, cfg, _out(cfg, out), new_run=new_run)
+
+
+@app.command()
+def curate(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
+    """Verdicts → selection, truncation, language, readability, repetition, decontam, dedupe (DIR/curate/)."""
+    from factory.stages.curate import run_curate
+
+    cfg = _load(config, set_)
+    _guard(run_curate, cfg, _out(cfg, out), new_run=new_run)
+
+
+@app.command()
+def sft(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
+    """Curated messages → a LoRA or fully fine-tuned student (DIR/sft/); resumes from its last checkpoint.
+
+    Multi-GPU: accelerate launch --config_file pipelines/accelerate/fsdp2_2gpu.yaml -m factory.stages.sft ..."""
+    from factory.pipeline import run_sft_stage
+
+    cfg = _load(config, set_)
+    _guard(run_sft_stage, cfg, _out(cfg, out), new_run=new_run)
+
+
+@app.command(name="eval")
+def eval_(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
+    """Models × benchmarks, k samples each: pass@1 ± SE, cons@k, length, truncation (DIR/eval/)."""
+    from factory.stages.eval import run_eval
+
+    cfg = _load(config, set_)
+    _guard(run_eval, cfg, _out(cfg, out), new_run=new_run)
+
+
+@app.command()
+def publish(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None,
+            repo_id: Annotated[Optional[str], typer.Option("--repo-id", help="ORG/NAME on the Hub")] = None,
+            private: Annotated[Optional[bool], typer.Option("--private/--public", help="repo visibility")] = None,
+            dry_run: Annotated[bool, typer.Option("--dry-run", help="build the folders, print the plan, upload nothing")] = False):
+    """Curated dataset (and trained student) → Hub repos with cards (DIR/publish/)."""
+    from factory.stages.publish import run_publish
+
+    cfg = _load(config, set_)
+    _guard(run_publish, cfg.publish, _out(cfg, out), repo_id=repo_id, private=private, dry_run=dry_run)
+
+
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. outputs/demo")]):
+    """Write DIR/report.html: funnel, distributions, loss curve and eval table in one self-contained file."""
+    from factory.report import write_report
+
+    path = _guard(write_report, run_dir)
+    typer.echo(f"report: {path}")
+
+
+# typer names the option after the parameter; `--set` is the public spelling.
+for command in app.registered_commands:
+    command.context_settings = {"help_option_names": ["-h", "--help"]}
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,491 @@
+"""Build the Hub repo folder of a curated dataset: resharded Parquet per config, an optional rejected split, a card.
+
+Layout (the convention of open-r1's Mixture-of-Thoughts): `data/<domain>/train-XXXXX-of-YYYYY.parquet`, one config
+per domain plus `all` (the default), whose data files are the domain folders' shards, so no sample is stored twice.
+"""
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from rich.console import Console
+from rich.progress import Progress
+
+from factory.publish.cards import (
+    HUB_LICENSES,
+    TEXT_TASK_CATEGORIES,
+    render,
+    size_category,
+    validate_dataset_card,
+)
+from factory.publish.common import (
+    PublishError,
+    commit_dir,
+    folder_files,
+    fresh_dir,
+    read_json,
+    stage_config,
+    write_text_atomic,
+)
+from factory.schema import META_NAME, META_VERSION, Schema, SchemaError, check_shard_schema
+
+ALL = "all"
+REJECTED = "rejected"
+_CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# Columns summarised on the card when the curated schema has them.
+_LINEAGE_COLUMNS = ("source", "teacher", "num_tokens")
+_REJECT_REASON_COLUMNS = ("reject_reason", "reason", "rejected_by", "dropped_by", "filter")
+
+
+class DatasetPublishConfig(BaseModel):
+    """How the curated dataset becomes a Hub dataset repo."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    pretty_name: str | None = None
+    description: str | None = Field(None, description="a paragraph opening the card")
+    license: str = "apache-2.0"
+    language: list[str] = ["en"]
+    task_categories: list[str] = ["text-generation"]
+    tags: list[str] = ["reasoning", "distillation", "synthetic", "chain-of-thought", "factory"]
+    schema_name: str = Field("curated", description="the schema the curate shards must carry")
+    split_by: str | None = Field("domain", description="column whose values become configs (plus `all`)")
+    columns: list[str] | None = Field(None, description="columns to publish; all of the schema when unset")
+    shard_size_mb: float = Field(500.0, gt=0, le=50_000,
+                                 description="target in-memory (Arrow) size of a shard (push_to_hub's max_shard_size)")
+    include_rejected: bool = Field(False, description="publish DIR/curate/rejected as config `rejected`")
+    row_group_rows: int = Field(1000, ge=1, le=1_000_000)
+
+    @field_validator("license")
+    @classmethod
+    def _license_known(cls, value: str) -> str:
+        if value not in HUB_LICENSES:
+            raise ValueError(f"{value!r} is not a Hub license identifier (e.g. apache-2.0, mit, cc-by-4.0, other)")
+        return value
+
+    @field_validator("task_categories")
+    @classmethod
+    def _tasks_known(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - TEXT_TASK_CATEGORIES)
+        if unknown:
+            raise ValueError(f"{unknown} are not Hub text tasks ({sorted(TEXT_TASK_CATEGORIES)})")
+        return value
+
+
+@dataclass
+class ConfigPlan:
+    """What one config will hold, known before writing: rows, estimated Arrow bytes, lineage counts."""
+
+    rows: int = 0
+    est_bytes: float = 0.0
+    lineage: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    token_sum: float = 0.0
+    token_rows: int = 0
+
+    @property
+    def mean_tokens(self) -> float | None:
+        return self.token_sum / self.token_rows if self.token_rows else None
+
+
+@dataclass
+class DatasetBuild:
+    """The built folder and what it holds."""
+
+    folder: Path
+    configs: dict[str, int]  # config -> rows
+    files: list[tuple[str, int]]
+    card_text: str
+    schema: Schema
+    records_in: int
+    rejected_rows: int = 0
+
+
+# ------------------------------------------------------------------------------------------------------- inputs
+def list_shards(folder: Path) -> list[Path]:
+    return sorted(folder.glob("part-*.parquet"))
+
+
+def check_uniform_schema(shards: list[Path], expected: str | None) -> Schema:
+    """The one schema all `shards` carry; a PublishError names the shards when versions are missing or mixed."""
+    seen: dict[tuple[str, str], list[Path]] = defaultdict(list)
+    for path in shards:
+        meta = pq.read_schema(path).metadata or {}
+        if META_NAME not in meta or META_VERSION not in meta:
+            raise PublishError(f"{path}: no factory schema version in its Parquet metadata (not written by factory?)")
+        seen[(meta[META_NAME].decode(), meta[META_VERSION].decode())].append(path)
+    if len(seen) > 1:
+        detail = "; ".join(f"{name} v{ver}: {len(paths)} shard(s), e.g. {paths[0].name}"
+                           for (name, ver), paths in sorted(seen.items()))
+        raise PublishError(f"{shards[0].parent}: shards of mixed schemas/versions ({detail}); "
+                           f"rerun the stage that wrote them so all carry one version")
+    try:
+        return check_shard_schema(shards[0], pq.read_schema(shards[0]), expected=expected)
+    except SchemaError as exc:
+        raise PublishError(str(exc)) from exc
+
+
+def _column_bytes(pf: pq.ParquetFile, columns: list[str]) -> int:
+    """Uncompressed bytes of `columns` in a Parquet file, from its footer (nothing is read)."""
+    md = pf.metadata
+    wanted = set(columns)
+    total = 0
+    for rg in range(md.num_row_groups):
+        group = md.row_group(rg)
+        for c in range(group.num_columns):
+            col = group.column(c)
+            if col.path_in_schema.split(".")[0] in wanted:
+                total += col.total_uncompressed_size
+    return total
+
+
+def plan_configs(shards: list[Path], split_by: str | None, columns: list[str]) -> dict[str, ConfigPlan]:
+    """Rows, size estimate and lineage counts per split value, reading only the small lineage columns."""
+    plans: dict[str, ConfigPlan] = defaultdict(ConfigPlan)
+    for path in shards:
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        wanted = [c for c in ([split_by] if split_by else []) + list(_LINEAGE_COLUMNS) if c in names]
+        table = pf.read(columns=wanted)
+        if table.num_rows == 0:
+            continue
+        file_bytes = _column_bytes(pf, columns)
+        if split_by:
+            keys = table[split_by].to_pylist()
+            missing = next((i for i, k in enumerate(keys) if k in (None, "")), None)
+            if missing is not None:
+                raise PublishError(f"{path}: record {missing} has no {split_by!r}; cannot assign it to a config")
+        else:
+            keys = [ALL] * table.num_rows
+        counts = Counter(keys)
+        for key, n in counts.items():
+            plan = plans[key]
+            plan.rows += n
+            plan.est_bytes += file_bytes * n / table.num_rows
+        lineage = {c: table[c].to_pylist() for c in ("source", "teacher") if c in wanted}
+        tokens = table["num_tokens"].to_pylist() if "num_tokens" in wanted else None
+        for i, key in enumerate(keys):
+            for col, values in lineage.items():
+                plans[key].lineage[col][values[i]] += 1
+            if tokens is not None and tokens[i] is not None:
+                plans[key].token_sum += tokens[i]
+                plans[key].token_rows += 1
+    for key in plans:
+        if key in (ALL, REJECTED) and split_by:
+            raise PublishError(f"{split_by!r} value {key!r} collides with the reserved config {key!r}; rename it")
+        if not _CONFIG_NAME.match(str(key)):
+            raise PublishError(f"{split_by!r} value {key!r} cannot name a config (letters, digits, '_', '.', '-')")
+    return dict(sorted(plans.items()))
+
+
+def _quotas(rows: int, est_bytes: float, target_bytes: float) -> list[int]:
+    """Rows per shard: as many shards as the size estimate asks for, rows spread evenly (none empty)."""
+    n = max(1, min(rows, math.ceil(est_bytes / target_bytes)))
+    base, extra = divmod(rows, n)
+    return [base + (1 if i < extra else 0) for i in range(n)]
+
+
+class _ShardSeq:
+    """Writes one config's rows into `<prefix>-XXXXX-of-YYYYY.parquet` files of fixed row quotas.
+
+    Rows arrive in small pieces (one input batch split across configs); they are buffered up to a full row group so
+    the shards get row groups of `row_group_rows` rows, not one per piece.
+    """
+
+    def __init__(self, folder: Path, prefix: str, quotas: list[int], schema: pa.Schema, row_group_rows: int):
+        self.folder, self.prefix, self.quotas, self.schema = folder, prefix, quotas, schema
+        self.row_group_rows = row_group_rows
+        self.index, self.left, self.writer = -1, 0, None
+        self.pending: list[pa.Table] = []
+        self.pending_rows = 0
+        self.bytes = 0
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def _next(self) -> None:
+        self.close()
+        self.index += 1
+        self.left = self.quotas[self.index]
+        name = f"{self.prefix}-{self.index:05d}-of-{len(self.quotas):05d}.parquet"
+        self.writer = pq.ParquetWriter(self.folder / name, self.schema, compression="zstd")
+
+    def _flush(self, final: bool = False) -> None:
+        """Write the buffered rows in whole row groups; the remainder too when the shard is `final`."""
+        if not self.pending_rows:
+            return
+        table = pa.concat_tables(self.pending)
+        n = table.num_rows if final else table.num_rows - table.num_rows % self.row_group_rows
+        if n:
+            self.writer.write_table(table.slice(0, n), row_group_size=self.row_group_rows)
+        rest = table.slice(n)
+        self.pending, self.pending_rows = ([rest] if rest.num_rows else []), rest.num_rows
+
+    def write(self, table: pa.Table) -> None:
+        self.bytes += table.nbytes
+        while table.num_rows:
+            if self.left == 0:
+                self._next()
+            take = min(self.left, table.num_rows)
+            self.pending.append(table.slice(0, take))
+            self.pending_rows += take
+            self.left -= take
+            table = table.slice(take)
+            if self.left == 0:
+                self._flush(final=True)
+            elif self.pending_rows >= self.row_group_rows:
+                self._flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self._flush(final=True)
+            self.writer.close()
+            self.writer = None
+
+    @property
+    def complete(self) -> bool:
+        return self.index == len(self.quotas) - 1 and self.left == 0
+
+
+def _reshard(shards: list[Path], folder: Path, plans: dict[str, ConfigPlan], split_by: str | None,
+             columns: list[str], schema: pa.Schema, cfg: DatasetPublishConfig, prefix: str,
+             label: str) -> dict[str, int]:
+    """One pass over the input shards routing every row to its config's shard sequence; returns Arrow bytes."""
+    target = cfg.shard_size_mb * 1e6
+    seqs = {key: _ShardSeq(folder / "data" / key, prefix, _quotas(p.rows, p.est_bytes, target), schema,
+                           cfg.row_group_rows) for key, p in plans.items()}
+    total = sum(p.rows for p in plans.values())
+    read = columns + ([split_by] if split_by and split_by not in columns else [])
+    with Progress(transient=True, console=Console(stderr=True)) as progress:
+        task = progress.add_task(f"publish: resharding {label}", total=total)
+        for path in shards:
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=cfg.row_group_rows, columns=read):
+                table = pa.Table.from_batches([batch])
+                if split_by:
+                    keys = table[split_by]
+                    table = table.select(columns).cast(schema)
+                    for key in pc.unique(keys).to_pylist():
+                        seqs[key].write(table.filter(pc.equal(keys, key)))
+                else:
+                    seqs[ALL].write(table.select(columns).cast(schema))
+                progress.advance(task, batch.num_rows)
+    for key, seq in seqs.items():
+        seq.close()
+        if not seq.complete:  # the plan and the data disagree: inputs changed while we read them
+            raise PublishError(f"{shards[0].parent}: shards changed while publishing (config {key!r}); rerun")
+    return {key: seq.bytes for key, seq in seqs.items()}
+
+
+def _output_schema(schema: Schema, columns: list[str]) -> pa.Schema:
+    """The published columns, keeping field docs and the factory schema name/version as lineage."""
+    fields = [schema.arrow.field(c) for c in columns]
+    return pa.schema(fields, metadata=schema.with_metadata().metadata)
+
+
+# -------------------------------------------------------------------------------------------------- provenance
+_DECONTAM = re.compile(r"decontam|contamina", re.IGNORECASE)
+
+
+def _split_decontam(tree: Any) -> tuple[Any, dict]:
+    """(tree without its decontamination entries, those entries), looking at the top two levels of a dict."""
+    if not isinstance(tree, dict):
+        return tree, {}
+    rest, found = {}, {}
+    for key, value in tree.items():
+        if _DECONTAM.search(str(key)):
+            found[key] = value
+        elif isinstance(value, dict) and any(_DECONTAM.search(str(k)) for k in value):
+            inner_rest, inner_found = _split_decontam(value)
+            rest[key] = inner_rest
+            found.update({f"{key}.{k}": v for k, v in inner_found.items()})
+        else:
+            rest[key] = value
+    return rest, found
+
+
+def _field_docs(schema: pa.Schema) -> list[dict]:
+    return [{"name": f.name, "type": str(f.type), "nullable": f.nullable,
+             "doc": (f.metadata or {}).get(b"doc", b"").decode()} for f in schema]
+
+
+def collect_provenance(run_dir: Path) -> dict:
+    """What the card says about where the samples came from, read from the stages' manifests and funnel.json."""
+    curate_cfg = stage_config(run_dir, "curate")
+    funnel = read_json(run_dir / "curate" / "funnel.json")
+    if funnel is not None and not isinstance(funnel, dict):
+        raise PublishError(f"{run_dir / 'curate' / 'funnel.json'}: expected a JSON object")
+    funnel_rest, funnel_decontam = _split_decontam(funnel or {})
+    curate_rest, curate_decontam = _split_decontam(curate_cfg or {})
+    return {
+        "generate": stage_config(run_dir, "generate"),
+        "verify": stage_config(run_dir, "verify"),
+        "curate": curate_rest or None,
+        "funnel": funnel_rest or None,
+        "decontam_config": curate_decontam or None,
+        "decontam_counts": funnel_decontam or None,
+        "stage_counts": {s: c for s in ("generate", "verify", "curate")
+                         if isinstance(c := read_json(run_dir / s / "counts.json"), dict)},
+    }
+
+
+# ------------------------------------------------------------------------------------------------------- build
+def _split_info(name: str, rows: int, nbytes: int):
+    from datasets import SplitInfo
+
+    return SplitInfo(name=name, num_bytes=int(nbytes), num_examples=int(rows))
+
+
+def _metadata(card_data, infos: dict[str, tuple[pa.Schema, str, int, int, int]],
+              data_files: dict[str, list[dict]]) -> None:
+    """Write `configs` and `dataset_info` into `card_data` with the `datasets` classes that read them back."""
+    from datasets import DatasetInfo, Features, SplitDict
+    from datasets.info import DatasetInfosDict
+    from datasets.utils.metadata import MetadataConfigs
+
+    MetadataConfigs({name: {"data_files": files, **({"default": True} if name == ALL else {})}
+                     for name, files in data_files.items()}).to_dataset_card_data(card_data)
+    dinfos = DatasetInfosDict()
+    for name, (schema, split, rows, nbytes, download) in infos.items():
+        splits = SplitDict()
+        splits.add(_split_info(split, rows, nbytes))
+        dinfos[name] = DatasetInfo(features=Features.from_arrow_schema(schema), splits=splits,
+                                   download_size=download, dataset_size=nbytes)
+    dinfos.to_dataset_card_data(card_data)
+
+
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.glob("*.parquet"))
+
+
+def build_dataset_folder(run_dir: Path, folder: Path, cfg: DatasetPublishConfig, repo_id: str,
+                         model_repo_id: str | None = None) -> DatasetBuild:
+    """Build the repo folder of DIR/curate into `folder` (written beside it, swapped in when complete)."""
+    from huggingface_hub import DatasetCardData
+
+    curate_dir = run_dir / "curate"
+    shards = list_shards(curate_dir)
+    if not shards:
+        raise PublishError(f"{curate_dir}: no part-*.parquet shards; nothing to publish (run `factory curate` first)")
+    if not (curate_dir / "counts.json").exists():
+        raise PublishError(f"{curate_dir}: the stage has not finished (no counts.json); rerun it to complete it")
+    schema = check_uniform_schema(shards, expected=cfg.schema_name)
+    columns = list(cfg.columns or schema.names)
+    unknown = [c for c in columns if c not in schema.names]
+    if unknown:
+        raise PublishError(f"publish.dataset.columns: {unknown} are not columns of schema "
+                           f"'{schema.name}' v{schema.version} ({schema.names})")
+    if "messages" not in columns:
+        raise PublishError(f"publish.dataset.columns: the `messages` column is required (schema '{schema.name}' "
+                           f"{'lacks it' if 'messages' not in schema.names else 'has it but it is not selected'})")
+    if cfg.split_by and cfg.split_by not in schema.names:
+        raise PublishError(f"publish.dataset.split_by: {cfg.split_by!r} is not a column of schema '{schema.name}'")
+    plans = plan_configs(shards, cfg.split_by, columns)
+    records_in = sum(p.rows for p in plans.values())
+    if records_in == 0:
+        raise PublishError(f"{curate_dir}: the shards hold no rows; nothing to publish")
+    out_schema = _output_schema(schema, columns)
+
+    tmp = fresh_dir(folder)
+    try:
+        nbytes = _reshard(shards, tmp, plans, cfg.split_by, columns, out_schema, cfg, "train", "curated samples")
+        infos: dict[str, tuple] = {}
+        data_files: dict[str, list[dict]] = {}
+        for key, plan in plans.items():
+            download = _folder_bytes(tmp / "data" / key)
+            infos[key] = (out_schema, "train", plan.rows, nbytes[key], download)
+            data_files[key] = [{"split": "train", "path": f"data/{key}/train-*.parquet"}]
+        if cfg.split_by:  # `all` reads every domain's shards
+            infos[ALL] = (out_schema, "train", records_in, sum(nbytes.values()),
+                          sum(i[4] for i in infos.values()))
+            data_files[ALL] = [{"split": "train", "path": [f"data/{k}/train-*.parquet" for k in plans]}]
+
+        rejected = _build_rejected(run_dir, tmp, cfg) if cfg.include_rejected else None
+        if rejected:
+            infos[REJECTED] = rejected["info"]
+            data_files[REJECTED] = [{"split": REJECTED, "path": f"data/{REJECTED}/{REJECTED}-*.parquet"}]
+
+        card_data = DatasetCardData(
+            license=cfg.license, language=cfg.language, task_categories=cfg.task_categories,
+            size_categories=size_category(records_in), tags=cfg.tags, pretty_name=cfg.pretty_name or repo_id,
+        )
+        _metadata(card_data, infos, data_files)
+        context = _card_context(run_dir, repo_id, model_repo_id, cfg, schema, out_schema, plans, records_in, rejected)
+        text = render("dataset_card.md.jinja", card_data, **context)
+        validate_dataset_card(text, where=f"{folder / 'README.md'}")
+        write_text_atomic(tmp / "README.md", text)
+        commit_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    configs = {name: info[2] for name, info in infos.items()}
+    return DatasetBuild(folder=folder, configs=configs, files=folder_files(folder), card_text=text, schema=schema,
+                        records_in=records_in, rejected_rows=rejected["rows"] if rejected else 0)
+
+
+def _build_rejected(run_dir: Path, tmp: Path, cfg: DatasetPublishConfig) -> dict | None:
+    """Reshard DIR/curate/rejected into config `rejected` (split `rejected`), all of its columns kept."""
+    rej_dir = run_dir / "curate" / REJECTED
+    shards = list_shards(rej_dir)
+    if not shards:
+        raise PublishError(f"{rej_dir}: no part-*.parquet shards, but publish.dataset.include_rejected is true")
+    schema = check_uniform_schema(shards, expected=None)
+    plan = plan_configs(shards, None, schema.names).get(ALL)
+    if plan is None:  # rejected shards exist but hold no rows: nothing was rejected
+        return None
+    rows = plan.rows
+    out_schema = _output_schema(schema, schema.names)
+    seq = _ShardSeq(tmp / "data" / REJECTED, REJECTED, _quotas(rows, plan.est_bytes, cfg.shard_size_mb * 1e6),
+                    out_schema, cfg.row_group_rows)
+    reasons: Counter = Counter()
+    reason_col = next((c for c in _REJECT_REASON_COLUMNS if c in schema.names), None)
+    for path in shards:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=cfg.row_group_rows):
+            table = pa.Table.from_batches([batch]).cast(out_schema)
+            if reason_col:
+                reasons.update(table[reason_col].to_pylist())
+            seq.write(table)
+    seq.close()
+    if not seq.complete:
+        raise PublishError(f"{rej_dir}: shards changed while publishing; rerun")
+    download = _folder_bytes(tmp / "data" / REJECTED)
+    return {"rows": rows, "schema": schema, "reason_column": reason_col, "reasons": dict(reasons.most_common()),
+            "fields": _field_docs(out_schema), "info": (out_schema, REJECTED, rows, seq.bytes, download)}
+
+
+def _card_context(run_dir: Path, repo_id: str, model_repo_id: str | None, cfg: DatasetPublishConfig,
+                  schema: Schema, out_schema: pa.Schema, plans: dict[str, ConfigPlan], records_in: int,
+                  rejected: dict | None) -> dict:
+    configs = [{"name": key, "rows": plan.rows, "mean_tokens": plan.mean_tokens} for key, plan in plans.items()]
+    sources: dict[str, dict[str, int]] = defaultdict(dict)  # source -> {config: rows}
+    teachers: Counter = Counter()
+    for key, plan in plans.items():
+        for src, n in plan.lineage.get("source", {}).items():
+            sources[str(src)][key] = n
+        teachers.update({str(t): n for t, n in plan.lineage.get("teacher", {}).items()})
+    token_rows = sum(p.token_rows for p in plans.values())
+    return {
+        "repo_id": repo_id,
+        "pretty_name": cfg.pretty_name or repo_id,
+        "model_repo_id": model_repo_id,
+        "description": cfg.description,
+        "split_by": cfg.split_by,
+        "all_config": ALL,
+        "configs": configs,
+        "records": records_in,
+        "mean_tokens": sum(p.token_sum for p in plans.values()) / token_rows if token_rows else None,
+        "sources": dict(sorted(sources.items())),
+        "config_names": list(plans),
+        "teachers": dict(teachers.most_common()),
+        "schema_name": schema.name,
+        "schema_version": schema.version,
+        "fields": _field_docs(out_schema),
+        "rejected": rejected,
+        **collect_provenance(run_dir),
+    }

