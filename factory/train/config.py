@@ -28,6 +28,9 @@ class SFTConfig(BaseModel):
     student: str = Field(..., description="Hugging Face model id or local folder of a causal LM")
     init: Literal["pretrained", "random"] = Field(
         "pretrained", description="random: build the student from its config only (benchmarks, tests)")
+    config_overrides: dict[str, Any] = Field(
+        default_factory=dict, description="model config keys to change, e.g. max_position_embeddings for 32k "
+                                          "training of a 4k-context base (as the R1 distills did)")
     mode: Literal["lora", "full"] = "lora"
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
 

@@ -43,6 +43,10 @@ def load_student(cfg: SFTConfig, device: torch.device, fsdp: bool = False, model
 
     config = model_config or AutoConfig.from_pretrained(cfg.student, trust_remote_code=cfg.trust_remote_code)
     check_causal_lm(config, cfg.student)
+    for key, value in cfg.config_overrides.items():
+        if not hasattr(config, key):
+            raise StudentError(f"config_overrides: {config.model_type} config has no key {key!r}")
+        setattr(config, key, value)
     precision = resolve_precision(cfg, device)
     attn = register_varlen_attention()
     # LoRA: frozen base in bf16. Full FT: fp32 master weights (FSDP casts to bf16 for compute; without FSDP,
@@ -54,7 +58,8 @@ def load_student(cfg: SFTConfig, device: torch.device, fsdp: bool = False, model
             model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn,
                                                      trust_remote_code=cfg.trust_remote_code)
     else:
-        model = AutoModelForCausalLM.from_pretrained(cfg.student, dtype=dtype, attn_implementation=attn,
+        model = AutoModelForCausalLM.from_pretrained(cfg.student, config=config, dtype=dtype,
+                                                     attn_implementation=attn,
                                                      trust_remote_code=cfg.trust_remote_code).to(place)
     model.config.use_cache = False
     if cfg.liger:
