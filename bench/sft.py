@@ -55,6 +55,11 @@ CASES = {
                                               "launch": "fsdp2_1gpu", "env": {"FACTORY_VARLEN_KERNEL": "cudnn"}}),
     "lora_7b_auto": ("7b", "ours", {"mode": "lora", "ckpt": True, "micro": 32768, "liger": True,
                                     "env": {"FACTORY_VARLEN_KERNEL": "auto"}}),
+    "full_1p5b_fsdp_b64": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
+                                            "launch": "fsdp2_1gpu", "batch": 64}),
+    "full_1p5b_fsdp_ckpt_b64": ("1p5b", "ours", {"mode": "full", "ckpt": True, "micro": 32768, "liger": True,
+                                                 "launch": "fsdp2_1gpu", "batch": 64}),
+    "lora_1p5b_b64": ("1p5b", "ours", {"mode": "lora", "ckpt": False, "micro": 16384, "liger": True, "batch": 64}),
     "full_1p5b_fsdp_flash": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
                                               "launch": "fsdp2_1gpu", "env": {"FACTORY_VARLEN_KERNEL": "flash"}}),
     "full_1p5b_fsdp_torchce": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
@@ -226,6 +231,8 @@ def run_ours(shape: str, opts: dict) -> dict:
     config = qwen_config(shape)
     lengths = opts.get("lengths", "r1")
     n_steps, batch = (3, 1) if lengths == "32k" else (4, 16)
+    if opts.get("batch"):  # the recipes' global batch (64): the optimizer step is amortised over 4x the tokens
+        n_steps, batch = 3, opts["batch"]
     samples = synthetic_samples(n_steps * batch, config.vocab_size, lengths=lengths)
     cfg = SFTConfig(student=f"qwen2.5-{shape}-shape", init="random", mode=opts["mode"], epochs=1,
                     max_steps=n_steps, global_batch_size=batch, micro_batch_tokens=opts["micro"],
