@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main() -> None:
     import torch
-    from accelerate import PartialState
+    from factory.stages.sft import _state
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     out = Path(args.out)
-    state = PartialState()
+    state = _state()
     with state.main_process_first():
         student = out / "student"
         if not (student / "config.json").exists():

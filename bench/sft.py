@@ -7,6 +7,11 @@ frozen weights, + causal attention; no recompute counted) / time / dense bf16 pe
 
     python bench/sft.py --out OUT [--cases trl_1p5b,full_1p5b,...]
 
+Results and the exact commands run: bench/results/README.md. Multi-GPU (issue 8, on nvidia-h200-x2):
+    NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 \
+    python bench/sft.py --out OUT --timeout 420 \
+      --cases check,full_1p5b_fsdp_b64,full_1p5b_fsdp_2gpu,full_7b_fsdp_1gpu,full_7b_fsdp_2gpu
+
 prints a table, one summary line and the JSON (also written to OUT/sft_bench.json).
 """
 from __future__ import annotations
@@ -60,6 +65,13 @@ CASES = {
     "full_1p5b_fsdp_ckpt_b64": ("1p5b", "ours", {"mode": "full", "ckpt": True, "micro": 32768, "liger": True,
                                                  "launch": "fsdp2_1gpu", "batch": 64}),
     "lora_1p5b_b64": ("1p5b", "ours", {"mode": "lora", "ckpt": False, "micro": 16384, "liger": True, "batch": 64}),
+    # issue 8 (multi-GPU kinds): the same cases over 2 GPUs of one host, and the 7B shape's full FT
+    "full_1p5b_fsdp_2gpu": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
+                                             "launch": "fsdp2_2gpu", "batch": 64}),
+    "full_7b_fsdp_1gpu": ("7b", "ours", {"mode": "full", "ckpt": True, "micro": 32768, "liger": True,
+                                         "launch": "fsdp2_1gpu", "batch": 64}),
+    "full_7b_fsdp_2gpu": ("7b", "ours", {"mode": "full", "ckpt": True, "micro": 32768, "liger": True,
+                                         "launch": "fsdp2_2gpu", "batch": 64}),
     "full_1p5b_fsdp_flash": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,
                                               "launch": "fsdp2_1gpu", "env": {"FACTORY_VARLEN_KERNEL": "flash"}}),
     "full_1p5b_fsdp_torchce": ("1p5b", "ours", {"mode": "full", "ckpt": False, "micro": 16384, "liger": True,

@@ -1,4 +1,5 @@
-"""FSDP2 on the CPU (2 processes, gloo): a sharded checkpoint resumes to exactly the uninterrupted result."""
+"""Two processes on the CPU (gloo): FSDP2 sharded checkpoints and the real trainer resume to exactly the
+uninterrupted result."""
 from __future__ import annotations
 
 import json
@@ -23,3 +24,22 @@ def test_fsdp2_sharded_checkpoint_resumes_to_the_same_weights(tmp_path):
     assert report["resumed_at"] == 3
     assert report["losses_resumed"] == report["losses_uninterrupted"]
     assert report["max_abs_diff"] == 0.0
+
+
+def test_real_trainer_on_two_processes_resumes_and_exports(tmp_path):
+    """factory's trainer under torchrun (2 CPU processes, DDP over gloo): token-balanced ranks, per-rank
+    checkpoint files, a killed run resumes to the same weights, and export gathers (full and LoRA + merge)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+                           str(ROOT / "bench" / "fsdp_resume.py"), "--out", str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((tmp_path / "fsdp_resume.json").read_text())
+    assert report["world"] == 2
+    for mode in ("full", "lora"):
+        run = report[mode]
+        assert run["resumed_from"] == 2 and run["max_abs_diff"] == 0.0
+        assert run["losses_resumed"] == run["losses_a"] and run["losses_a"][-1] < run["losses_a"][0]
+        assert {"__0_0.distcp", "__1_0.distcp", "rng-0.pt", "rng-1.pt"} <= set(run["checkpoint_files"])
+        assert "model.safetensors" in run["exported"]
+    assert "adapter_model.safetensors" in report["lora"]["adapter"]

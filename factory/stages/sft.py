@@ -22,6 +22,15 @@ from factory.train.data import ChatFormatter, TokenizedSample, read_conversation
 _CACHE_VERSION = 1
 
 
+def _state():
+    """The process state; on a CPU-only machine multi-process runs (torchrun) use gloo, so say cpu=True before
+    anything else creates the shared state."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def _input_path(cfg: SFTConfig, run_dir: Path) -> Path:
     return Path(cfg.data) if cfg.data else run_dir / "curate"
 
@@ -72,21 +81,19 @@ def _read_cache(path: Path, fp: str) -> tuple[list[TokenizedSample], dict, int] 
 def tokenize_dataset(cfg: SFTConfig, run_dir: Path, tokenizer) -> tuple[ChatFormatter, list[TokenizedSample],
                                                                          dict, int]:
     """Tokenize the input once (cached in DIR/sft/tokenized/); the main process first, the others read it."""
-    from accelerate import PartialState
-
     formatter = ChatFormatter(tokenizer, cfg.chat_template)
     source = _input_path(cfg, run_dir)
     if not source.exists():
         raise FileNotFoundError(f"SFT input {source} does not exist (run curate first, or set sft.data)")
     cache = run_dir / "sft" / "tokenized" / "samples.parquet"
     fp = _data_fingerprint(source, cfg, tokenizer)
-    with PartialState().main_process_first():
+    with _state().main_process_first():
         cached = _read_cache(cache, fp)
         if cached is None:
             conversations = read_conversations(source, cfg.messages_column)
             samples, counts = formatter.encode_many(conversations, cfg.max_length, cfg.overlong)
             records_in = len(conversations)
-            if PartialState().is_main_process:
+            if _state().is_main_process:
                 _write_cache(cache, samples, counts, records_in, fp)
         else:
             samples, counts, records_in = cached
@@ -122,9 +129,7 @@ def run_sft(config: SFTConfig | dict | str | Path, out_dir: str | Path, *, model
                         "resumed_from_step": result.resumed_from, "mode": cfg.mode, "student": cfg.student,
                         "model_dir": str(result.model_dir) if result.model_dir else None,
                         "adapter_dir": str(result.adapter_dir) if result.adapter_dir else None}}
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
+    if _state().is_main_process:
         tmp = sft_dir / "counts.json.tmp"
         tmp.write_text(json.dumps(counts, indent=1))
         os.replace(tmp, sft_dir / "counts.json")
