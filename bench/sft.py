@@ -201,6 +201,7 @@ def run_attn(shape: str, opts: dict) -> dict:
     from factory.train import packing
 
     res = {}
+    default_kernel = packing.CUDA_KERNEL
     heads, kv, dim = (12, 2, 128) if shape == "1p5b" else (28, 4, 128)
     for docs in ([16384], [9000, 5000, 2384], [4096] * 4):
         total = sum(docs)
@@ -230,13 +231,11 @@ def run_attn(shape: str, opts: dict) -> dict:
                 res[f"{kernel}_{len(docs)}docs_tflops"] = round(flops / ms / 1e9, 1)
             except Exception as exc:
                 res[f"{kernel}_{len(docs)}docs_error"] = f"{type(exc).__name__}: {exc}"[:200]
-    packing.CUDA_KERNEL = "auto"
+    packing.CUDA_KERNEL = default_kernel
     return res
 
 
 def run_ours(shape: str, opts: dict) -> dict:
-    import torch
-
     from factory.train.config import SFTConfig
     from factory.train.trainer import train
 

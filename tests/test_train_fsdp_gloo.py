@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -26,6 +28,7 @@ def test_fsdp2_sharded_checkpoint_resumes_to_the_same_weights(tmp_path):
     assert report["max_abs_diff"] == 0.0
 
 
+@pytest.mark.slow
 def test_real_trainer_on_two_processes_resumes_and_exports(tmp_path):
     """factory's trainer under torchrun (2 CPU processes, DDP over gloo): token-balanced ranks, per-rank
     checkpoint files, a killed run resumes to the same weights, and export gathers (full and LoRA + merge)."""

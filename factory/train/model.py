@@ -113,9 +113,10 @@ def causal_lm_of(model):
     return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
-def model_flops_per_token(config, seq_len_sq_mean: float, lora: bool) -> float:
+def model_flops_per_token(config, effective_len: float, lora: bool) -> float:
     """Training FLOPs per token (model FLOPs, no recompute): 6N for the linear layers (4N with frozen weights
-    under LoRA: no weight gradients) plus causal attention 6 * L * H * d_head * E[s^2]/E[s]."""
+    under LoRA: no weight gradients) plus causal attention 6 * L * H * d_head * effective_len, where
+    effective_len = E[s^2]/E[s] over the samples (the token-weighted mean sample length)."""
     h = config.hidden_size
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or h // heads
@@ -124,5 +125,5 @@ def model_flops_per_token(config, seq_len_sq_mean: float, lora: bool) -> float:
     layers = config.num_hidden_layers
     per_layer = h * heads * head_dim + 2 * h * kv * head_dim + heads * head_dim * h + 3 * h * inter
     linear = layers * per_layer + h * config.vocab_size
-    attn = 6.0 * layers * heads * head_dim * seq_len_sq_mean  # fwd 2*(QK+PV)/2 causal, x3 for training
+    attn = 6.0 * layers * heads * head_dim * effective_len  # fwd 2*(QK+PV)/2 causal, x3 for training
     return (4.0 if lora else 6.0) * linear + attn

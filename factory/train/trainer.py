@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -292,7 +291,3 @@ def _save_model(model, state_dict, path: Path, dtype, eos_token_ids) -> None:
 def _save_tokenizer(tokenizer, path: Path) -> None:
     if tokenizer is not None:
         tokenizer.save_pretrained(str(path))
-
-
-def world_info() -> tuple[int, int]:
-    return int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
