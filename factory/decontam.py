@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import glob
 import hashlib
-import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from factory.jsonl import iter_jsonl
 from factory.filters.base import FilterOutcome, RecordFilter
 
 WORD_RE = re.compile(r"\w+")
@@ -94,21 +94,14 @@ def _read_local(path: Path, column: str | None, name: str) -> BenchmarkProblems:
     if path.suffix not in (".jsonl", ".json"):
         raise DecontamError(f"{path}: unsupported benchmark file type (expected .jsonl, .json or .parquet)")
     ids, problems = [], []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DecontamError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            col = column or next((c for c in PROBLEM_COLUMNS if c in row), None)
-            if col is None or col not in row:
-                raise DecontamError(f"{path}:{lineno}: no problem column ({column or ' / '.join(PROBLEM_COLUMNS)}); "
-                                    f"the record has {sorted(row)}")
-            problems.append(str(row[col]))
-            idc = next((c for c in ID_COLUMNS if c in row), None)
-            ids.append(str(row[idc]) if idc else f"{name}-{lineno}")
+    for lineno, row in iter_jsonl(path, DecontamError):
+        col = column or next((c for c in PROBLEM_COLUMNS if c in row), None)
+        if col is None or col not in row:
+            raise DecontamError(f"{path}:{lineno}: no problem column ({column or ' / '.join(PROBLEM_COLUMNS)}); "
+                                f"the record has {sorted(row)}")
+        problems.append(str(row[col]))
+        idc = next((c for c in ID_COLUMNS if c in row), None)
+        ids.append(str(row[idc]) if idc else f"{name}-{lineno}")
     return BenchmarkProblems(name, ids, problems)
 
 

@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from factory.jsonl import iter_jsonl
+
 DOMAINS = ("math", "code", "science", "general")
 PROMPT_FIELDS = ("prompt_id", "source", "domain", "problem", "answer", "tests", "language", "metadata")
 
@@ -72,21 +74,8 @@ def stable_prompt_id(source: str, problem: str) -> str:
 
 # -- readers ------------------------------------------------------------------------------------------------
 def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise SourceError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SourceError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise SourceError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield f"{path}:{lineno}", row
+    for lineno, row in iter_jsonl(path, SourceError):
+        yield f"{path}:{lineno}", row
 
 
 def _read_csv(path: Path) -> Iterator[tuple[str, dict]]:

@@ -41,3 +41,12 @@ def engine(embedded_dir):
     teacher = VLLMTeacher(VLLMTeacherConfig(model=str(embedded_dir), max_model_len=1024, kv_cache_gib=1), seed=0)
     yield teacher
     teacher.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_schema_cache():
+    """Some tests point factory.schema at stand-in schema files; never let a cached stand-in leak to the next."""
+    yield
+    from factory.schema import load_schema
+
+    load_schema.cache_clear()

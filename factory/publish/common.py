@@ -8,6 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from factory.shards import write_json_atomic  # noqa: F401  (re-exported: one atomic JSON writer)
+
 
 class PublishError(ValueError):
     """Publishing cannot go on; the message names the file, field or setting at fault."""
@@ -80,8 +82,6 @@ def write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def fresh_dir(final: Path) -> Path:

@@ -133,7 +133,8 @@ def run_eval(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False, teach
     summary = summarize(records, ties=ecfg.vote_ties)
     write_summary(summary, stage.path)
     counts = stage.finalize(records_in=sum(len(p) for _, p in benchmarks) * len(models) * ecfg.k,
-                            extra={"summary": summary})
+                            extra={"summary_file": "summary.json", "models": len(models),
+                                   "benchmarks": len(benchmarks), "k": ecfg.k})
     print_comparison(summary, console)
     return counts
 

@@ -47,6 +47,7 @@ class VLLMTeacher:
     """One `vllm.LLM` engine; start it once and reuse it across stages (generate, eval)."""
 
     def __init__(self, cfg: VLLMTeacherConfig, seed: int = 0):
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the progress bar says what matters; set it to see more
         try:
             from vllm import LLM
         except ImportError as exc:  # pragma: no cover - depends on the install

@@ -98,17 +98,12 @@ def read_conversations(path: str | Path, column: str = "messages") -> list[Conve
 
 
 def _jsonl_items(file: Path, column: str) -> Iterable[tuple[str, object]]:
-    with file.open() as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SFTDataError(f"{file}:{lineno}: not JSON ({exc})") from exc
-            if not isinstance(record, dict) or column not in record:
-                raise SFTDataError(f"{file}:{lineno}: no '{column}' field")
-            yield f"{file}:{lineno}", record[column]
+    from factory.jsonl import iter_jsonl
+
+    for lineno, record in iter_jsonl(file, SFTDataError):
+        if column not in record:
+            raise SFTDataError(f"{file}:{lineno}: no '{column}' field")
+        yield f"{file}:{lineno}", record[column]
 
 
 def validate_messages(value: object, where: str) -> list[dict]:
