@@ -14,8 +14,9 @@ StageFn = Callable[..., dict]
 
 
 def run_sft_stage(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False) -> dict:
-    """The pipeline's `sft:` block on DIR/curate; `student: embedded` is the embedded SmolLM2. A finished run with
-    the same configuration is not trained again; a stopped one resumes from its last checkpoint."""
+    """The pipeline's `sft:` block on DIR/curate; `student: embedded` is the embedded SmolLM2. A run finished after
+    its input was written, with the same configuration, is not trained again; a stopped one resumes from its last
+    checkpoint."""
     import json
     import shutil
 
@@ -34,7 +35,9 @@ def run_sft_stage(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False) 
     if new_run:
         shutil.rmtree(sft_dir, ignore_errors=True)
     done = sft_dir / "counts.json"
-    if done.exists() and (sft_dir / "sft_config.yaml").exists():
+    source = Path(sft.data) if sft.data else Path(out_dir) / "curate" / "counts.json"
+    fresh = done.exists() and source.exists() and done.stat().st_mtime_ns > source.stat().st_mtime_ns
+    if fresh and (sft_dir / "sft_config.yaml").exists():
         if yaml.safe_load((sft_dir / "sft_config.yaml").read_text()) == {"sft": sft.model_dump()}:
             console.print(f"sft: already trained in {sft_dir}")
             return json.loads(done.read_text())
