@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -22,6 +21,7 @@ from factory.rewards.result import RewardResult
 from factory.rewards.sandbox import SandboxUnavailable
 from factory.rewards.timeouts import can_enforce
 from factory.select import ConsensusConfig, SelectConfig, apply_consensus, majority, pass_rate, select_group
+from factory.shards import ShardResult
 
 RewardKind = Literal["math", "code", "choice", "exact", "auto", "none"]
 VERDICT_COLUMNS = ("reward_accuracy", "accuracy_verdict", "accuracy_reason", "extracted_answer", "reward_format",
@@ -43,16 +43,6 @@ class VerifyConfig(BaseModel):
     consensus: ConsensusConfig = Field(default_factory=ConsensusConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     workers: int = Field(1, ge=1, le=256, description="worker processes over shards (speed only)")
-
-
-@dataclass
-class VerifyResult:
-    """Same fields as `factory.shards.ShardResult` (rows, rejected, dropped, stats)."""
-
-    rows: list[dict]
-    rejected: list[dict] = field(default_factory=list)
-    dropped: dict[str, int] = field(default_factory=dict)
-    stats: dict[str, float] = field(default_factory=dict)
 
 
 def reward_kind(record: dict, cfg: VerifyConfig) -> str:
@@ -127,7 +117,7 @@ def aggregate_prompt(rows: list[dict], cfg: VerifyConfig) -> bool:
     return labelled
 
 
-def verify_shard(records: list[dict], cfg: VerifyConfig) -> VerifyResult:
+def verify_shard(records: list[dict], cfg: VerifyConfig) -> ShardResult:
     """Score every record of one shard, aggregate per prompt, select; nothing is dropped (see `selected`)."""
     groups: dict[str, list[dict]] = {}
     seconds = 0.0
@@ -149,4 +139,4 @@ def verify_shard(records: list[dict], cfg: VerifyConfig) -> VerifyResult:
     stats["prompts"] = len(groups)
     stats["verify_s"] = round(seconds, 3)  # timing stays out of the rows: reruns must write identical shards
     stats["timeouts_enforced"] = int(can_enforce())
-    return VerifyResult(rows=rows, stats=dict(stats))  # prompts in first-seen order, samples in input order
+    return ShardResult(rows=rows, stats=dict(stats))  # prompts in first-seen order, samples in input order
