@@ -60,14 +60,20 @@ class SFTConfig(BaseModel):
     # speed and memory
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     gradient_checkpointing: bool = True
+    bf16_compute_copy: bool = Field(
+        True, description="full FT in bf16 in one process (no FSDP): fp32 master weights, compute on a bf16 copy "
+                          "refreshed once per step (FSDP2's numerics, without its per-micro-batch casts)")
     # Only the registered varlen attention keeps packed samples apart: transformers 5.19's sdpa/eager with
     # restarting position ids and no mask attend across samples (tests/test_train_packing.py shows the leak).
     attn_implementation: Literal["auto", "varlen"] = Field(
         "auto", description="varlen: flash/cuDNN attention per sample on GPU, per-sample SDPA on CPU")
+    attention_kernel: Literal["hybrid", "flash", "cudnn"] = Field(
+        "hybrid", description="CUDA kernel of the varlen attention: hybrid = cuDNN for samples >= 2k tokens and "
+                              "flash varlen for shorter ones; flash = flash varlen only; cudnn = cuDNN only")
     liger: bool = Field(False, description="Liger RMSNorm/SwiGLU/RoPE kernels (GPU, needs liger-kernel)")
     loss_impl: Literal["auto", "liger", "torch"] = Field(
         "auto", description="fused linear+cross-entropy: liger (Triton) when installed on GPU, else torch")
-    loss_chunk_tokens: int = Field(4096, ge=1)
+    loss_chunk_tokens: int = Field(8192, ge=1, description="tokens per chunk of the fused LM head + loss")
 
     # checkpoints and logs
     save_every_steps: int = Field(200, ge=0, description="0: only at the end")

@@ -7,7 +7,9 @@ TRL's SFTTrainer, because it is more correct and faster here (bench/sft.py measu
   whatever the packing (HF's per-micro-batch mean weighs tokens of short micro-batches more);
 - samples are spread over GPUs by tokens, not by count, and packed first-fit (no padding at all);
 - the data order is a pure function of (seed, epoch): resume replays the same steps without a sampler state;
-- the LM head and loss are fused (loss.py): no logits tensor, which is what limits context length otherwise.
+- the LM head and loss are fused (loss.py): no logits tensor, which is what limits context length otherwise;
+- full FT in one process computes on a bf16 copy of fp32 master weights (compute_copy.py), not through FSDP or
+  autocast casts in every micro-batch.
 """
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ import numpy as np
 import torch
 
 from factory.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
+from factory.train.compute_copy import BF16ComputeCopy
 from factory.train.config import SFTConfig
 from factory.train.data import IGNORE_INDEX, TokenizedSample
 from factory.train.loss import install_fused_loss
 from factory.train.model import causal_lm_of, load_student, model_flops_per_token
-from factory.train.packing import StepPlan, collate_packed, model_kwargs, plan_epoch
+from factory.train.packing import (StepPlan, collate_packed, model_kwargs, plan_epoch, set_cuda_kernel,
+                                   warm_cudnn_plans)
 
 
 @dataclass
@@ -117,6 +121,8 @@ def train(cfg: SFTConfig, samples: list[TokenizedSample], out_dir: str | Path, *
     torch.manual_seed(cfg.seed)
 
     model, _ = load_student(cfg, accelerator.device, fsdp=fsdp, model_config=model_config)
+    set_cuda_kernel(cfg.attention_kernel)
+    attention_warmup_s = warm_cudnn_plans(causal_lm_of(model).config, cfg.max_length, accelerator.device)
     loss_impl = cfg.loss_impl
     if loss_impl == "auto":
         loss_impl = "liger" if (device_type == "cuda" and _has_liger()) else "torch"
@@ -130,6 +136,12 @@ def train(cfg: SFTConfig, samples: list[TokenizedSample], out_dir: str | Path, *
                                   eps=cfg.adam_eps, weight_decay=cfg.weight_decay, **speed)
     model, optimizer = accelerator.prepare(model, optimizer)
     inner_optimizer = getattr(optimizer, "optimizer", optimizer)
+    compute = None  # the bf16 copy that runs forward/backward (full FT, one process), else the model itself
+    if (cfg.bf16_compute_copy and cfg.mode == "full" and precision == "bf16"
+            and accelerator.distributed_type == DistributedType.NO):
+        compute = BF16ComputeCopy(accelerator.unwrap_model(model))
+        install_fused_loss(causal_lm_of(compute.module), loss_impl, cfg.loss_chunk_tokens)
+        compute.module.train()
 
     plan = build_plan(samples, cfg, world)
     total_steps = len(plan)
@@ -149,6 +161,8 @@ def train(cfg: SFTConfig, samples: list[TokenizedSample], out_dir: str | Path, *
         start_step = state["step"]
         tokens_done, trained_done = state.get("tokens", 0), state.get("trained_tokens", 0)
         elapsed_before = state.get("elapsed_s", 0.0)
+        if compute is not None:
+            compute.refresh()
     log = _Log(out / "train_log.jsonl", main, start_step)
 
     lengths_sq = sum(len(s) ** 2 for s in samples) / max(1, sum(len(s) for s in samples))
@@ -170,8 +184,12 @@ def train(cfg: SFTConfig, samples: list[TokenizedSample], out_dir: str | Path, *
             scale = world / max(1, step_plan.trained_tokens)
             for micro in step_plan.micro_batches[rank]:
                 batch = collate_packed([samples[i] for i in micro], pad_id)
-                outputs = model(**model_kwargs(batch, accelerator.device))
-                accelerator.backward(outputs.loss * scale)
+                if compute is None:
+                    outputs = model(**model_kwargs(batch, accelerator.device))
+                    accelerator.backward(outputs.loss * scale)
+                else:
+                    outputs = compute.module(**model_kwargs(batch, accelerator.device))
+                    (outputs.loss * scale).backward()
                 loss_sum += outputs.loss.detach().float()
             grad_norm = None
             if cfg.max_grad_norm > 0:
@@ -179,6 +197,8 @@ def train(cfg: SFTConfig, samples: list[TokenizedSample], out_dir: str | Path, *
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
+            if compute is not None:
+                compute.refresh()
             loss_total = accelerator.reduce(loss_sum, reduction="sum") if world > 1 else loss_sum
             last_loss = float(loss_total) / max(1, step_plan.trained_tokens)
             if device_type == "cuda":
@@ -199,6 +219,8 @@ def train(cfg: SFTConfig, samples: list[TokenizedSample], out_dir: str | Path, *
                           "tokens_per_s_per_gpu": round(step_tokens / dt / world, 1),
                           "tflops_per_gpu": round(flops_per_token * step_tokens / dt / world / 1e12, 2),
                           "elapsed_s": round(elapsed_before + run_time, 2)}
+                if done == start_step + 1 and attention_warmup_s:
+                    record["attention_warmup_s"] = round(attention_warmup_s, 2)
                 if device_type == "cuda":
                     record["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
                 log.write(record)

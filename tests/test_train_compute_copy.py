@@ -1,0 +1,120 @@
+"""fp32 master weights + bf16 compute copy (one-process full FT): exact gradient folding, refresh, resume."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from factory.train.compute_copy import BF16ComputeCopy
+from factory.train.config import SFTConfig
+from factory.train.data import ChatFormatter, Conversation
+from factory.train.loss import install_fused_loss
+from factory.train.packing import collate_packed, model_kwargs
+from factory.train.testing import build_student, math_conversations
+from factory.train.trainer import train
+
+
+@pytest.fixture(autouse=True)
+def _fresh_accelerator_state():
+    """accelerate keeps one process-wide state; these tests train in bf16, the others in fp32."""
+    from accelerate.state import AcceleratorState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    return build_student(tmp_path_factory.mktemp("students") / "qwen2", "qwen2", hidden=48)
+
+
+def _samples(student, n=12):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(student)
+    fmt = ChatFormatter(tok)
+    samples, _ = fmt.encode_many([Conversation(c, "x") for c in math_conversations(n, seed=5)], 200)
+    return tok, fmt, samples
+
+
+def _master(student):
+    from transformers import AutoModelForCausalLM
+
+    from factory.train.packing import register_varlen_attention
+
+    model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32,
+                                                 attn_implementation=register_varlen_attention())
+    install_fused_loss(model)
+    return model
+
+
+def test_master_gradient_is_the_fp32_sum_of_the_bf16_micro_batch_gradients(student):
+    tok, _, samples = _samples(student)
+    master = _master(student)
+    twin = BF16ComputeCopy(master)
+    install_fused_loss(twin.module)
+    reference = copy.deepcopy(twin.module)  # the same bf16 weights, gradients kept per micro-batch
+    install_fused_loss(reference)
+    assert all(p.dtype == torch.bfloat16 for p in twin.module.parameters())
+    assert all(b.dtype == torch.float32 for n, b in twin.module.named_buffers() if "inv_freq" in n)
+    assert twin.module.get_input_embeddings().weight is twin.module.get_output_embeddings().weight  # still tied
+
+    per_micro = []
+    for micro in (samples[:3], samples[3:7], samples[7:]):
+        batch = collate_packed(micro, tok.pad_token_id)
+        twin.module(**model_kwargs(batch, torch.device("cpu"))).loss.backward()
+        reference.zero_grad(set_to_none=True)
+        reference(**model_kwargs(batch, torch.device("cpu"))).loss.backward()
+        per_micro.append([p.grad.clone() for p in reference.parameters()])
+    assert all(p.grad is None for p in twin.module.parameters())  # bf16 gradients freed as they are folded in
+    for i, param in enumerate(master.parameters()):
+        expected = per_micro[0][i].float() + per_micro[1][i].float() + per_micro[2][i].float()
+        assert param.grad.dtype == torch.float32
+        torch.testing.assert_close(param.grad, expected, rtol=0, atol=0)
+
+    with torch.no_grad():  # an optimizer step on the master reaches the copy at refresh
+        for param in master.parameters():
+            param.add_(1e-2 * torch.randn_like(param))
+    twin.refresh()
+    for m, c in zip(master.parameters(), twin.module.parameters()):
+        assert torch.equal(c, m.to(torch.bfloat16))
+
+
+def test_compute_copy_trains_and_resumes_exactly(student, tmp_path):
+    tok, fmt, samples = _samples(student, n=18)
+    common = dict(tokenizer=tok, eos_token_ids=fmt.eos_token_ids(), pad_id=tok.pad_token_id)
+    cfg = SFTConfig(student=str(student), mode="full", precision="bf16", epochs=3, global_batch_size=6,
+                    max_length=200, micro_batch_tokens=300, learning_rate=1e-2, warmup_ratio=0.0,
+                    gradient_checkpointing=False, save_every_steps=4, progress=False)
+    whole = train(cfg, samples, tmp_path / "a", **common)
+    killed = train(cfg, samples, tmp_path / "b", stop_after_steps=6, **common)  # last checkpoint: step 4
+    assert killed.model_dir is None
+    resumed = train(cfg, samples, tmp_path / "b", **common)
+    assert resumed.resumed_from == 4 and whole.steps == resumed.steps == 9
+    log = [json.loads(x) for x in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < 0.8 * log[0]["loss"]
+    assert [r["loss"] for r in log_b] == [r["loss"] for r in log]  # the resumed run replays the same steps
+    a = load_file(whole.model_dir / "model.safetensors")
+    b = load_file(resumed.model_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+    # the same run without the copy (autocast over the fp32 weights) follows the same curve closely
+    plain = train(cfg.model_copy(update={"bf16_compute_copy": False}), samples, tmp_path / "c", **common)
+    log_c = [json.loads(x) for x in (tmp_path / "c" / "train_log.jsonl").read_text().splitlines()]
+    assert plain.steps == 9
+    assert [r["loss"] for r in log_c] == pytest.approx([r["loss"] for r in log], rel=0.05)
+
+
+def test_unknown_attention_kernel_is_refused():
+    from factory.train.packing import set_cuda_kernel
+
+    with pytest.raises(ValueError, match="attention_kernel"):
+        SFTConfig(student="x", attention_kernel="fa9")
+    with pytest.raises(ValueError, match="expected one of hybrid, flash, cudnn"):
+        set_cuda_kernel("fa9")
