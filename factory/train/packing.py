@@ -158,14 +158,18 @@ def _reference_varlen(q, k, v, cu, scale):
     return out
 
 
-# CUDA kernel of factory_varlen. "flash" (default): PyTorch's flash-attention varlen, one call per layer.
-# "auto": samples of >= CUDNN_MIN_LEN tokens through cuDNN's fused attention (SDPA, one call per sample), runs of
-# shorter samples through one flash varlen call. "cudnn": every sample through cuDNN. Measured on an H100
-# (bench/sft.py --cases attn, fwd+bwd, Qwen2.5-1.5B heads): one 16k sample 5.3 ms cuDNN vs 9.7 ms flash varlen;
-# 4 x 4k samples 2.8 vs 3.1 ms; but see _cudnn_one on plan builds in real training.
-CUDA_KERNEL = os.environ.get("FACTORY_VARLEN_KERNEL", "flash")
-CUDNN_MIN_LEN = int(os.environ.get("FACTORY_CUDNN_MIN_LEN", "6144"))
-CUDNN_BUCKET = int(os.environ.get("FACTORY_CUDNN_BUCKET", "1024"))
+# CUDA kernel of factory_varlen (SFTConfig.attention_kernel sets it through set_cuda_kernel):
+# "hybrid" (default): samples of >= CUDNN_MIN_LEN tokens through cuDNN's fused attention (SDPA, one call per
+# sample, length padded to a CUDNN_BUCKET multiple), runs of shorter samples through one flash varlen call.
+# "flash": PyTorch's flash-attention (FA2) varlen, one call per layer. "cudnn": every sample through cuDNN.
+# Measured on an H100 (bench/sft.py --cases attn, fwd+bwd, Qwen2.5-1.5B heads): one 16k sample 5.4 ms cuDNN
+# (535 TFLOP/s) vs 9.7 ms flash (298); 4 x 4k 2.5 vs 3.1 ms; 7 samples of 0.7-5k 6.5 vs 2.7 ms (short samples
+# lose on per-call cost and padding). Full 1.5B training, same run: hybrid 47.6% MFU vs flash 42.6%; min length
+# 2048 / bucket 256 vs 4096 / 512: 1.8% faster (bench/results/README.md).
+CUDA_KERNELS = ("hybrid", "flash", "cudnn")
+CUDA_KERNEL = os.environ.get("FACTORY_VARLEN_KERNEL", "hybrid")
+CUDNN_MIN_LEN = int(os.environ.get("FACTORY_CUDNN_MIN_LEN", "2048"))
+CUDNN_BUCKET = int(os.environ.get("FACTORY_CUDNN_BUCKET", "256"))
 _FLASH_KW = None
 _CUDNN_GQA: bool | None = None  # whether cuDNN takes grouped K/V heads natively (else K/V are expanded)
 
@@ -200,31 +204,60 @@ def _cudnn_sdpa(q, k, v, scale):
         return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)[0].transpose(0, 1)
 
 
+def set_cuda_kernel(name: str) -> None:
+    """Choose the CUDA kernel of factory_varlen for this process (one of CUDA_KERNELS)."""
+    global CUDA_KERNEL
+    if name not in CUDA_KERNELS:
+        raise ValueError(f"attention kernel {name!r}: expected one of {', '.join(CUDA_KERNELS)}")
+    CUDA_KERNEL = name
+
+
+def warm_cudnn_plans(config, max_length: int, device: torch.device) -> float:
+    """Build cuDNN's attention plans (forward and backward) for every length bucket that training can meet, before
+    the first step; returns the seconds spent. A plan build costs 0.1-1.7 s per new shape on an H100; met in the
+    middle of training it stalls that step instead. No-op for the flash kernel or off CUDA."""
+    import time
+
+    if CUDA_KERNEL == "flash" or device.type != "cuda":
+        return 0.0
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    first = CUDNN_MIN_LEN if CUDA_KERNEL == "hybrid" else 1
+    started = time.perf_counter()
+    for length in range(-(-first // CUDNN_BUCKET) * CUDNN_BUCKET, max_length + CUDNN_BUCKET, CUDNN_BUCKET):
+        q = torch.randn(length, heads, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+        k, v = (torch.randn(length, kv, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+                for _ in range(2))
+        _cudnn_one(q, k, v, dim ** -0.5).sum().backward()
+    torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
 def _hybrid_varlen(q, k, v, cu, scale, min_len):
     """Long samples through cuDNN one by one, each run of consecutive short samples through one flash call.
-    Bounds come from the host copy; the flash calls take slices of the device `cu`, so nothing syncs."""
+
+    The row is cut with one `torch.split` (contiguous pieces, views): its backward is one concatenation, where
+    per-piece slicing would zero-fill and copy a full-row gradient for every piece (measured: ~5% of an H100 step
+    in copies). Bounds come from the host copy; the flash calls take slices of the device `cu`, so nothing syncs."""
     bounds = _host_bounds(cu)
-    outs = []
-    run: list[int] = []  # indices into bounds of the current run of short samples
-
-    def flush():
-        if run:
-            first, last = run[0], run[-1] + 1
-            a, b = bounds[first], bounds[last]
-            local = cu[first:last + 1] - a
-            longest = max(bounds[i + 1] - bounds[i] for i in run)
-            outs.append(_flash_varlen(q[a:b].contiguous(), k[a:b].contiguous(), v[a:b].contiguous(), local,
-                                      longest, scale))
-            run.clear()
-
+    pieces: list[tuple[int, int, bool]] = []  # (first sample, end sample, through cuDNN)
     for i in range(len(bounds) - 1):
-        a, b = bounds[i], bounds[i + 1]
-        if b - a >= min_len:
-            flush()
-            outs.append(_cudnn_one(q[a:b], k[a:b], v[a:b], scale))
+        long = bounds[i + 1] - bounds[i] >= min_len
+        if not long and pieces and not pieces[-1][2]:
+            pieces[-1] = (pieces[-1][0], i + 1, False)
         else:
-            run.append(i)
-    flush()
+            pieces.append((i, i + 1, long))
+    if len(pieces) == 1 and not pieces[0][2]:
+        return _flash_varlen(q, k, v, cu, max(bounds[i + 1] - bounds[i] for i in range(len(bounds) - 1)), scale)
+    sizes = [bounds[end] - bounds[first] for first, end, _ in pieces]
+    outs = []
+    for (first, end, long), qp, kp, vp in zip(pieces, q.split(sizes), k.split(sizes), v.split(sizes)):
+        if long:
+            outs.append(_cudnn_one(qp, kp, vp, scale))
+        else:
+            local = cu[first:end + 1] - bounds[first]
+            longest = max(bounds[i + 1] - bounds[i] for i in range(first, end))
+            outs.append(_flash_varlen(qp, kp, vp, local, longest, scale))
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
@@ -259,7 +292,8 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
             out = _flash_varlen(q.contiguous(), k.contiguous(), v.contiguous(), cu.to(q.device), int(max_len),
                                 scaling)
         else:
-            out = _hybrid_varlen(q, k, v, cu, scaling, 0 if CUDA_KERNEL == "cudnn" else CUDNN_MIN_LEN)
+            out = _hybrid_varlen(q.contiguous(), k.contiguous(), v.contiguous(), cu.to(q.device), scaling,
+                                 0 if CUDA_KERNEL == "cudnn" else CUDNN_MIN_LEN)
     else:
         out = _reference_varlen(q, k, v, cu.to(q.device), scaling)
     return out[None], None
