@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from collections import defaultdict
 from fractions import Fraction
 from pathlib import Path
 from typing import Iterable, Literal
 
 import numpy as np
+
+from factory.shards import write_text_atomic
 
 VERDICT_COLUMNS = ["model", "benchmark", "prompt_id", "sample_idx", "reward_accuracy", "extracted_answer",
                    "completion_tokens", "finish_reason"]
@@ -193,18 +193,8 @@ def summarize(records: Iterable[dict], ties: Ties = "first") -> list[dict]:
 
 def write_summary(rows: list[dict], eval_dir: Path) -> Path:
     """Write `eval_dir/summary.json` atomically (temp file + rename)."""
-    eval_dir = Path(eval_dir)
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    target = eval_dir / SUMMARY_FILE
-    fd, tmp = tempfile.mkstemp(dir=eval_dir, prefix=".summary.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(rows, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    target = Path(eval_dir) / SUMMARY_FILE
+    write_text_atomic(target, json.dumps(rows, indent=2) + "\n")
     return target
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from factory.shards import write_text_atomic
+
 
 def assistant_content(reasoning: str, answer_text: str) -> str:
     """`<think>\\n{reasoning}\\n</think>\\n\\n{answer}`, the R1 reply pattern (surrounding blank lines trimmed)."""
@@ -88,7 +90,5 @@ def export_sharegpt(curated_dir: Path, out_path: Path, dataset_name: str = "fact
     info = out_path.parent / "dataset_info.json"
     entries = json.loads(info.read_text()) if info.exists() else {}
     entries.update(llamafactory_dataset_info(dataset_name, out_path.name))
-    tmp = info.with_name(f".{info.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(entries, indent=2) + "\n")
-    os.replace(tmp, info)
+    write_text_atomic(info, json.dumps(entries, indent=2) + "\n")
     return n

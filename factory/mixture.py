@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from factory.schema import check_shard_schema, load_schema
+from factory.shards import write_table_atomic, write_text_atomic
 
 
 class MixtureError(ValueError):
@@ -185,14 +185,9 @@ def build_mixture(config: MixtureConfig, out_dir: Path) -> dict:
                 parts.append(part)
         shard = pa.concat_tables(parts)
         shard = shard.take(pa.array(rng.permutation(shard.num_rows)))
-        path = out_dir / f"part-{j:05d}.parquet"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        pq.write_table(shard, tmp)
-        os.replace(tmp, path)
+        write_table_atomic(out_dir / f"part-{j:05d}.parquet", shard)
     summary = {"stage": "mixture", "records_out": total, "shards": n_shards, "seed": config.seed,
                "fingerprint": fingerprint,
                "components": [{**r, "share": round(r["taken"] / total, 6)} for r in rows]}
-    tmp = summary_path.with_name(f".{summary_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    os.replace(tmp, summary_path)
+    write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
     return summary

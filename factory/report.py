@@ -9,8 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import numpy as np
 from markupsafe import Markup
 
 from factory import report_plots as plots
+from factory.shards import write_text_atomic
 
 STAGE_ORDER = ["generate", "verify", "curate", "sft", "eval", "publish"]
 REPORT_FILE = "report.html"
@@ -292,13 +291,5 @@ def write_report(run_dir: Path) -> Path:
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
     html = render_report(run_dir)
     target = run_dir / REPORT_FILE
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".report.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a report is for sharing
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(target, html)
     return target

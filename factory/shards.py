@@ -69,6 +69,12 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     _fsync_write(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file (UTF-8) so that it either exists whole or not at all; creates the parent folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _fsync_write(path, text.encode("utf-8"))
+
+
 def write_parquet_tmp(table: pa.Table, path: Path, suffix: str | None = None) -> Path:
     """Write `table` to a synced temp file beside `path` (rename it into place to commit). An empty table gets no
     row group: one of 0 rows makes `datasets.load_dataset("parquet")` fail ("BatchSize must be > 0")."""

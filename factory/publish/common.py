@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from factory.shards import write_json_atomic  # noqa: F401  (re-exported: one atomic JSON writer)
+from factory.shards import write_json_atomic, write_text_atomic  # noqa: F401  (re-exported: one atomic writer)
 
 
 class PublishError(ValueError):
@@ -73,15 +73,6 @@ def stage_config(run_dir: Path, stage: str) -> dict | None:
         raise PublishError(f"{run_dir / stage / 'manifest.json'}: expected a JSON object")
     config = manifest.get("config")
     return redact(config) if isinstance(config, dict) else None
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 
 
 def fresh_dir(final: Path) -> Path:

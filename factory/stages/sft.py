@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import yaml
 
+from factory.shards import write_table_atomic, write_text_atomic
 from factory.train.config import SFTConfig, load_sft_config
 from factory.train.data import ChatFormatter, TokenizedSample, read_conversations
 
@@ -48,17 +48,12 @@ def _data_fingerprint(path: Path, cfg: SFTConfig, tokenizer) -> str:
 
 def _write_cache(path: Path, samples: list[TokenizedSample], counts: dict, records_in: int, fp: str) -> None:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     table = pa.table({"input_ids": pa.array([s.input_ids for s in samples], type=pa.list_(pa.int32())),
                       "labels": pa.array([s.labels for s in samples], type=pa.list_(pa.int32()))})
     meta = {b"factory.sft.fingerprint": fp.encode(),
             b"factory.sft.counts": json.dumps({"records_in": records_in, "dropped": counts}).encode()}
-    table = table.replace_schema_metadata(meta)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_table_atomic(path, table.replace_schema_metadata(meta))
 
 
 def _read_cache(path: Path, fp: str) -> tuple[list[TokenizedSample], dict, int] | None:
@@ -130,9 +125,7 @@ def run_sft(config: SFTConfig | dict | str | Path, out_dir: str | Path, *, model
                         "model_dir": str(result.model_dir) if result.model_dir else None,
                         "adapter_dir": str(result.adapter_dir) if result.adapter_dir else None}}
     if _state().is_main_process:
-        tmp = sft_dir / "counts.json.tmp"
-        tmp.write_text(json.dumps(counts, indent=1))
-        os.replace(tmp, sft_dir / "counts.json")
+        write_text_atomic(sft_dir / "counts.json", json.dumps(counts, indent=1))
     return counts
 
 
