@@ -5,6 +5,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +100,18 @@ def commit_dir(tmp: Path, final: Path, keep: tuple[str, ...] = (".cache",)) -> N
         shutil.rmtree(old)
     else:
         os.replace(tmp, final)
+
+
+@contextmanager
+def staged_dir(final: Path) -> Iterator[Path]:
+    """Build `final` in a scratch folder beside it: swapped in when the block completes, removed if it fails."""
+    tmp = fresh_dir(final)
+    try:
+        yield tmp
+        commit_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def folder_files(folder: Path) -> list[tuple[str, int]]:

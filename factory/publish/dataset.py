@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import re
-import shutil
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +28,10 @@ from factory.publish.cards import (
 )
 from factory.publish.common import (
     PublishError,
-    commit_dir,
     folder_files,
-    fresh_dir,
     read_json,
     stage_config,
+    staged_dir,
     write_text_atomic,
 )
 from factory.schema import META_NAME, META_VERSION, Schema, SchemaError, check_shard_schema
@@ -392,8 +390,7 @@ def build_dataset_folder(run_dir: Path, folder: Path, cfg: DatasetPublishConfig,
         raise PublishError(f"{curate_dir}: the shards hold no rows; nothing to publish")
     out_schema = _output_schema(schema, columns)
 
-    tmp = fresh_dir(folder)
-    try:
+    with staged_dir(folder) as tmp:
         nbytes = _reshard(shards, tmp, plans, cfg.split_by, columns, out_schema, cfg, "train", "curated samples")
         infos: dict[str, tuple] = {}
         data_files: dict[str, list[dict]] = {}
@@ -420,10 +417,6 @@ def build_dataset_folder(run_dir: Path, folder: Path, cfg: DatasetPublishConfig,
         text = render("dataset_card.md.jinja", card_data, **context)
         validate_dataset_card(text, where=f"{folder / 'README.md'}")
         write_text_atomic(tmp / "README.md", text)
-        commit_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     configs = {name: info[2] for name, info in infos.items()}
     return DatasetBuild(folder=folder, configs=configs, files=folder_files(folder), card_text=text, schema=schema,
                         records_in=records_in, rejected_rows=rejected["rows"] if rejected else 0)

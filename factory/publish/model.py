@@ -15,12 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from factory.publish.cards import HUB_LICENSES, render, validate_model_card
 from factory.publish.common import (
     PublishError,
-    commit_dir,
     folder_files,
-    fresh_dir,
     read_json,
     read_jsonl,
     stage_config,
+    staged_dir,
     write_json_atomic,
     write_text_atomic,
 )
@@ -240,8 +239,7 @@ def build_model_folder(run_dir: Path, folder: Path, cfg: ModelPublishConfig, rep
     all_rows = eval_rows(run_dir)
     mine = _student_rows(all_rows, cfg, src, run_dir)
 
-    tmp = fresh_dir(folder)
-    try:
+    with staged_dir(folder) as tmp:
         copied = _copy_model_files(src, tmp)
         if kind == "adapter" and cfg.base_model and adapter_config.get("base_model_name_or_path") != cfg.base_model:
             # Point the adapter at the Hub base so `PeftModel.from_pretrained(repo)` works for others.
@@ -281,10 +279,6 @@ def build_model_folder(run_dir: Path, folder: Path, cfg: ModelPublishConfig, rep
         text = render("model_card.md.jinja", card_data, **context)
         validate_model_card(text, where=f"{folder / 'README.md'}")
         write_text_atomic(tmp / "README.md", text)
-        commit_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return ModelBuild(folder=folder, kind=kind, base_model=base_model, files=folder_files(folder), card_text=text,
                       eval_rows=len(mine))
 
