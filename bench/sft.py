@@ -106,6 +106,20 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def _gpu_ms(step, repeats: int, warmup: int = 2) -> float:
+    """Mean wall milliseconds of `step()` on the GPU after `warmup` untimed calls."""
+    import torch
+
+    for _ in range(warmup):
+        step()
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        step()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - started) / repeats * 1e3
+
+
 def _peak_gib() -> float:
     import torch
 
@@ -185,14 +199,7 @@ def run_check(shape: str, opts: dict) -> dict:
             else:
                 loss = fused_linear_cross_entropy(h, head, t, impl=impl, chunk=chunk)
             torch.autograd.grad(loss, (h, head.weight))
-        for _ in range(2):
-            step()
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(5):
-            step()
-        torch.cuda.synchronize()
-        res[f"ce_{impl}{chunk or ''}_ms"] = round((time.perf_counter() - t0) / 5 * 1e3, 2)
+        res[f"ce_{impl}{chunk or ''}_ms"] = round(_gpu_ms(step, 5), 2)
     res["device"] = torch.cuda.get_device_name(0)
     res["torch"] = torch.__version__
     return res
@@ -224,19 +231,8 @@ def run_attn(shape: str, opts: dict) -> dict:
                     out, _ = packing.varlen_attention_forward(None, q, k, v, None, scaling=dim ** -0.5,
                                                               cu_seq_lens_q=cu, max_length_q=max(docs))
                     out.sum().backward()
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                step()
-                torch.cuda.synchronize()
-                res[f"{kernel}_{len(docs)}docs_first_ms"] = round((time.perf_counter() - t0) * 1e3, 1)
-                for _ in range(2):
-                    step()
-                torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                for _ in range(10):
-                    step()
-                torch.cuda.synchronize()
-                ms = (time.perf_counter() - t0) / 10 * 1e3
+                res[f"{kernel}_{len(docs)}docs_first_ms"] = round(_gpu_ms(step, 1, warmup=0), 1)
+                ms = _gpu_ms(step, 10)
                 res[f"{kernel}_{len(docs)}docs_ms"] = round(ms, 2)
                 res[f"{kernel}_{len(docs)}docs_tflops"] = round(flops / ms / 1e9, 1)
             except Exception as exc:
@@ -244,10 +240,9 @@ def run_attn(shape: str, opts: dict) -> dict:
     # plan cache: first-call time of packed rows of new sample counts and lengths (same 16k total) after
     # warm_cudnn_plans
     import numpy as np
-
-    rng = np.random.default_rng(1)
     from transformers import Qwen2Config
 
+    rng = np.random.default_rng(1)
     for kernel in ("flash", "hybrid"):
         packing.CUDA_KERNEL = kernel
         res[f"{kernel}_warmup_s"] = round(packing.warm_cudnn_plans(
@@ -263,13 +258,12 @@ def run_attn(shape: str, opts: dict) -> dict:
             q = torch.randn(1, heads, 16384, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
             k = torch.randn(1, kv, 16384, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
             v = torch.randn(1, kv, 16384, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            out, _ = packing.varlen_attention_forward(None, q, k, v, None, scaling=dim ** -0.5, cu_seq_lens_q=cu,
-                                                      max_length_q=max(docs))
-            out.sum().backward()
-            torch.cuda.synchronize()
-            firsts.append(round((time.perf_counter() - t0) * 1e3, 1))
+
+            def first_call():
+                out, _ = packing.varlen_attention_forward(None, q, k, v, None, scaling=dim ** -0.5,
+                                                          cu_seq_lens_q=cu, max_length_q=max(docs))
+                out.sum().backward()
+            firsts.append(round(_gpu_ms(first_call, 1, warmup=0), 1))
         res[f"{kernel}_new_shape_first_ms"] = firsts
     packing.CUDA_KERNEL = default_kernel
     return res
