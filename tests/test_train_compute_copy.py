@@ -56,7 +56,9 @@ def test_master_gradient_is_the_fp32_sum_of_the_bf16_micro_batch_gradients(stude
     master = _master(student)
     twin = BF16ComputeCopy(master)
     install_fused_loss(twin.module)
-    reference = copy.deepcopy(twin.module)  # the same bf16 weights, gradients kept per micro-batch
+    reference = copy.deepcopy(master)  # the same bf16 weights under plain autograd, gradients kept per micro-batch
+    for param in reference.parameters():
+        param.data = param.data.to(torch.bfloat16)
     install_fused_loss(reference)
     assert all(p.dtype == torch.bfloat16 for p in twin.module.parameters())
     assert all(b.dtype == torch.float32 for n, b in twin.module.named_buffers() if "inv_freq" in n)
@@ -70,6 +72,9 @@ def test_master_gradient_is_the_fp32_sum_of_the_bf16_micro_batch_gradients(stude
         reference(**model_kwargs(batch, torch.device("cpu"))).loss.backward()
         per_micro.append([p.grad.clone() for p in reference.parameters()])
     assert all(p.grad is None for p in twin.module.parameters())  # bf16 gradients freed as they are folded in
+    folded = [m for m in twin.module.modules() if isinstance(m, torch.nn.Linear) and "forward" in vars(m)]
+    assert len(folded) == 7 * master.config.num_hidden_layers  # q k v o gate up down: GEMMs fold into fp32
+    assert len(twin._handles) < len(list(twin.module.parameters()))  # hooks only for norms and embeddings
     for i, param in enumerate(master.parameters()):
         expected = per_micro[0][i].float() + per_micro[1][i].float() + per_micro[2][i].float()
         assert param.grad.dtype == torch.float32
@@ -116,5 +121,5 @@ def test_unknown_attention_kernel_is_refused():
 
     with pytest.raises(ValueError, match="attention_kernel"):
         SFTConfig(student="x", attention_kernel="fa9")
-    with pytest.raises(ValueError, match="expected one of hybrid, flash, cudnn"):
+    with pytest.raises(ValueError, match="expected auto or one of hybrid, flash, cudnn, ragged"):
         set_cuda_kernel("fa9")
