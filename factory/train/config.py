@@ -67,9 +67,11 @@ class SFTConfig(BaseModel):
     # restarting position ids and no mask attend across samples (tests/test_train_packing.py shows the leak).
     attn_implementation: Literal["auto", "varlen"] = Field(
         "auto", description="varlen: flash/cuDNN attention per sample on GPU, per-sample SDPA on CPU")
-    attention_kernel: Literal["hybrid", "flash", "cudnn"] = Field(
-        "hybrid", description="CUDA kernel of the varlen attention: hybrid = cuDNN for samples >= 2k tokens and "
-                              "flash varlen for shorter ones; flash = flash varlen only; cudnn = cuDNN only")
+    attention_kernel: Literal["auto", "ragged", "hybrid", "flash", "cudnn"] = Field(
+        "auto", description="CUDA kernel of the varlen attention: ragged = the whole packed row in one cuDNN call "
+                            "(needs nvidia-cudnn-frontend and an sm90+ GPU); hybrid = cuDNN for samples >= 2k "
+                            "tokens, flash varlen for shorter ones; flash = flash varlen only; cudnn = cuDNN per "
+                            "sample; auto = ragged where it can run, else hybrid")
     liger: bool = Field(False, description="Liger RMSNorm/SwiGLU/RoPE kernels (GPU, needs liger-kernel)")
     loss_impl: Literal["auto", "liger", "torch"] = Field(
         "auto", description="fused linear+cross-entropy: liger (Triton) when installed on GPU, else torch")

@@ -3,9 +3,10 @@
 A micro-batch is one row `[1, T]` of concatenated samples with position ids restarting at 0 for each sample and
 cumulative sequence lengths `cu_seq_lens` (int32, `[n_samples + 1]`). Attention runs through the attention function
 `factory_varlen`, registered with transformers' AttentionInterface:
-- on CUDA: the flash-attention varlen kernel that ships inside PyTorch (`aten._flash_attention_forward`, the kernel
-  behind `torch.nn.attention.varlen`), causal within each sample, grouped-query heads native — no flash-attn build,
-  no T x T mask, no compute spent on cross-sample blocks;
+- on CUDA: cuDNN's fused attention on the ragged row (cudnn_ragged.py, one call per layer; sm90+ with
+  nvidia-cudnn-frontend), or PyTorch's own kernels (`hybrid`: cuDNN per long sample, the flash-attention varlen
+  kernel inside PyTorch for runs of short ones), causal within each sample, grouped-query heads native — no
+  flash-attn build, no T x T mask, no compute spent on cross-sample blocks;
 - elsewhere (CPU tests): one causal SDPA call per sample, the plain reference of the same function.
 Labels are shifted per sample before concatenation (`targets[i]` = the token after `i` in the same sample), so no
 sample is ever trained to predict the next sample's first token.
@@ -107,14 +108,22 @@ def collate_packed(samples: list[TokenizedSample], pad_id: int = 0) -> dict[str,
             "max_length": max(lengths)}
 
 
+def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host-to-GPU copies go through pinned memory: a copy from pageable memory waits for the GPU's queue to
+    drain first, which idles the GPU at every micro-batch while the CPU catches up."""
+    if device.type == "cuda":
+        tensor = tensor.pin_memory()
+    return tensor.to(device, non_blocking=True)
+
+
 def model_kwargs(batch: dict, device: torch.device) -> dict:
     """Keyword arguments for the model's forward. transformers hands `cu_seq_lens_*`/`max_length_*` through to the
     attention function (its flash-attention kwargs); `attention_mask` stays None: no padding, no T x T mask."""
-    cu = batch["cu_seq_lens"].to(device, non_blocking=True)
+    cu = _to_device(batch["cu_seq_lens"], device)
     remember_bounds(cu, batch["cu_seq_lens"].tolist())
-    return {"input_ids": batch["input_ids"].to(device, non_blocking=True),
-            "position_ids": batch["position_ids"].to(device, non_blocking=True),
-            "labels": batch["labels"].to(device, non_blocking=True),
+    return {"input_ids": _to_device(batch["input_ids"], device),
+            "position_ids": _to_device(batch["position_ids"], device),
+            "labels": _to_device(batch["labels"], device),
             "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
             "max_length_q": int(batch["max_length"]), "max_length_k": int(batch["max_length"])}
 
@@ -166,7 +175,10 @@ def _reference_varlen(q, k, v, cu, scale):
 # (535 TFLOP/s) vs 9.7 ms flash (298); 4 x 4k 2.5 vs 3.1 ms; 7 samples of 0.7-5k 6.5 vs 2.7 ms (short samples
 # lose on per-call cost and padding). Full 1.5B training, same run: hybrid 47.6% MFU vs flash 42.6%; min length
 # 2048 / bucket 256 vs 4096 / 512: 1.8% faster (bench/results/README.md).
-CUDA_KERNELS = ("hybrid", "flash", "cudnn")
+# "ragged": every sample of the row in one cuDNN call (factory/train/cudnn_ragged.py, needs cudnn-frontend): 7 samples
+# of 0.7-5k 1.65 ms vs hybrid 2.80, 4 x 4k 2.0 vs 2.9; full 1.5B training +3.1% over hybrid in one run. "auto"
+# (SFTConfig's default) resolves to ragged where cudnn-frontend and an sm90+ GPU are there, else to hybrid.
+CUDA_KERNELS = ("hybrid", "flash", "cudnn", "ragged")
 CUDA_KERNEL = os.environ.get("FACTORY_VARLEN_KERNEL", "hybrid")
 CUDNN_MIN_LEN = int(os.environ.get("FACTORY_CUDNN_MIN_LEN", "2048"))
 CUDNN_BUCKET = int(os.environ.get("FACTORY_CUDNN_BUCKET", "256"))
@@ -204,24 +216,43 @@ def _cudnn_sdpa(q, k, v, scale):
         return F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale)[0].transpose(0, 1)
 
 
-def set_cuda_kernel(name: str) -> None:
-    """Choose the CUDA kernel of factory_varlen for this process (one of CUDA_KERNELS)."""
+def set_cuda_kernel(name: str, device: torch.device | None = None) -> str:
+    """Choose the CUDA kernel of factory_varlen for this process (one of CUDA_KERNELS, or "auto"); returns it."""
     global CUDA_KERNEL
+    if name == "auto":
+        from factory.train import cudnn_ragged
+
+        name = "ragged" if cudnn_ragged.available(device) else "hybrid"
     if name not in CUDA_KERNELS:
-        raise ValueError(f"attention kernel {name!r}: expected one of {', '.join(CUDA_KERNELS)}")
+        raise ValueError(f"attention kernel {name!r}: expected auto or one of {', '.join(CUDA_KERNELS)}")
+    if name == "ragged" and torch.cuda.is_available():
+        from factory.train import cudnn_ragged
+
+        if not cudnn_ragged.available(device):
+            raise ValueError("attention kernel 'ragged' needs the nvidia-cudnn-frontend package and a GPU of "
+                             "compute capability 9.0+ (pip install nvidia-cudnn-frontend)")
     CUDA_KERNEL = name
+    return name
 
 
-def warm_cudnn_plans(config, max_length: int, device: torch.device) -> float:
+def warm_cudnn_plans(config, max_length: int, device: torch.device, capacity: int | None = None) -> float:
     """Build cuDNN's attention plans (forward and backward) for every length bucket that training can meet, before
     the first step; returns the seconds spent. A plan build costs 0.1-1.7 s per new shape on an H100; met in the
-    middle of training it stalls that step instead. No-op for the flash kernel or off CUDA."""
+    middle of training it stalls that step instead. `capacity`: tokens per packed row (default `max_length`).
+    No-op for the flash kernel or off CUDA."""
     import time
 
     if CUDA_KERNEL == "flash" or device.type != "cuda":
         return 0.0
     heads, kv = config.num_attention_heads, config.num_key_value_heads
     dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    if CUDA_KERNEL == "ragged":
+        from factory.train import cudnn_ragged
+
+        started = time.perf_counter()
+        cudnn_ragged.warm_plans(heads, kv, dim, getattr(config, "attention_scale", None) or dim ** -0.5,
+                                capacity or max_length, device)
+        return time.perf_counter() - started
     first = CUDNN_MIN_LEN if CUDA_KERNEL == "hybrid" else 1
     started = time.perf_counter()
     for length in range(-(-first // CUDNN_BUCKET) * CUDNN_BUCKET, max_length + CUDNN_BUCKET, CUDNN_BUCKET):
@@ -291,6 +322,12 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
         if CUDA_KERNEL == "flash":
             out = _flash_varlen(q.contiguous(), k.contiguous(), v.contiguous(), cu.to(q.device), int(max_len),
                                 scaling)
+        elif CUDA_KERNEL == "ragged" and q.dtype == torch.bfloat16:  # its graphs are bf16; fp16 runs hybrid
+            from factory.train.cudnn_ragged import ragged_attention
+
+            cu = cu.to(q.device)
+            out = ragged_attention(q.contiguous(), k.contiguous(), v.contiguous(), cu, _host_bounds(cu),
+                                   scaling if scaling is not None else q.shape[-1] ** -0.5)
         else:
             out = _hybrid_varlen(q.contiguous(), k.contiguous(), v.contiguous(), cu.to(q.device), scaling,
                                  0 if CUDA_KERNEL == "cudnn" else CUDNN_MIN_LEN)

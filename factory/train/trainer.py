@@ -13,8 +13,11 @@ TRL's SFTTrainer, because it is more correct and faster here (bench/sft.py measu
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,8 +124,9 @@ def train(cfg: SFTConfig, samples: list[TokenizedSample], out_dir: str | Path, *
     torch.manual_seed(cfg.seed)
 
     model, _ = load_student(cfg, accelerator.device, fsdp=fsdp, model_config=model_config)
-    set_cuda_kernel(cfg.attention_kernel)
-    attention_warmup_s = warm_cudnn_plans(causal_lm_of(model).config, cfg.max_length, accelerator.device)
+    attention_kernel = set_cuda_kernel(cfg.attention_kernel, accelerator.device)
+    attention_warmup_s = warm_cudnn_plans(causal_lm_of(model).config, cfg.max_length, accelerator.device,
+                                          cfg.micro_batch_tokens)
     loss_impl = cfg.loss_impl
     if loss_impl == "auto":
         loss_impl = "liger" if (device_type == "cuda" and _has_liger()) else "torch"
@@ -173,7 +177,7 @@ def train(cfg: SFTConfig, samples: list[TokenizedSample], out_dir: str | Path, *
     run_tokens, run_time = 0, 0.0
     progress, task = _progress(cfg.progress and main, total_steps, start_step)
     stop_at = total_steps if stop_after_steps is None else min(total_steps, stop_after_steps)
-    with progress:
+    with progress, _collect_between_steps(device_type == "cuda" and MANUAL_GC):
         for step in range(start_step, stop_at):
             step_plan = plan[step]
             if device_type == "cuda":
@@ -201,6 +205,8 @@ def train(cfg: SFTConfig, samples: list[TokenizedSample], out_dir: str | Path, *
                 compute.refresh()
             loss_total = accelerator.reduce(loss_sum, reduction="sum") if world > 1 else loss_sum
             last_loss = float(loss_total) / max(1, step_plan.trained_tokens)
+            if not gc.isenabled():
+                gc.collect()
             if device_type == "cuda":
                 torch.cuda.synchronize()
             dt = time.perf_counter() - t0
@@ -219,7 +225,8 @@ def train(cfg: SFTConfig, samples: list[TokenizedSample], out_dir: str | Path, *
                           "tokens_per_s_per_gpu": round(step_tokens / dt / world, 1),
                           "tflops_per_gpu": round(flops_per_token * step_tokens / dt / world / 1e12, 2),
                           "elapsed_s": round(elapsed_before + run_time, 2)}
-                if done == start_step + 1 and attention_warmup_s:
+                if done == start_step + 1 and device_type == "cuda":
+                    record["attention_kernel"] = attention_kernel
                     record["attention_warmup_s"] = round(attention_warmup_s, 2)
                 if device_type == "cuda":
                     record["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -237,6 +244,29 @@ def train(cfg: SFTConfig, samples: list[TokenizedSample], out_dir: str | Path, *
                        final_loss=last_loss, tokens_per_s=run_tokens / run_time if run_time else 0.0,
                        model_dir=model_dir, adapter_dir=adapter_dir, log_path=out / "train_log.jsonl",
                        resumed_from=start_step)
+
+
+# Python's cyclic garbage collector runs at the end of each step, not whenever allocations trip its thresholds
+# mid-step (Megatron-LM's --manual-gc): a collection in the middle of a micro-batch stops the CPU from launching
+# kernels while the GPU drains its queue. FACTORY_MANUAL_GC=0 restores automatic collection.
+MANUAL_GC = os.environ.get("FACTORY_MANUAL_GC", "1") == "1"
+
+
+@contextlib.contextmanager
+def _collect_between_steps(enabled: bool):
+    """Freeze the objects that exist now (model, data) out of the collector's sweeps and turn automatic
+    collection off for the loop; the loop calls gc.collect() once per optimizer step."""
+    if not enabled or not gc.isenabled():
+        yield
+        return
+    gc.collect()
+    gc.freeze()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.unfreeze()
 
 
 def _epoch_fraction(step: int, steps_per_epoch: int) -> float:
