@@ -47,28 +47,33 @@ CASES = {
     "attn": ("1p5b", "attn", {}),
     "attn_7b": ("7b", "attn", {}),
     "trl_1p5b": ("1p5b", "trl", {"batch": 4}),
-    # full FT, one H100: the default (fp32 master + bf16 compute copy, hybrid attention) and what it replaced
-    "full_1p5b": ("1p5b", "ours", {**_FULL, "kernel": "hybrid"}),
-    "full_1p5b_20k": ("1p5b", "ours", {**_FULL, "kernel": "hybrid", "micro": 20480}),
+    # full FT, one H100: the default (fp32 master + bf16 compute copy whose Linear weight gradients accumulate in
+    # fp32 GEMMs, ragged cuDNN attention, GC between steps) and what each part replaced
+    "full_1p5b": ("1p5b", "ours", {**_FULL, "kernel": "auto"}),
+    "full_1p5b_hybrid": ("1p5b", "ours", {**_FULL, "kernel": "hybrid"}),
+    "full_1p5b_autogc": ("1p5b", "ours", {**_FULL, "kernel": "auto", "env": {"FACTORY_MANUAL_GC": "0"}}),
+    "full_1p5b_20k": ("1p5b", "ours", {**_FULL, "kernel": "auto", "micro": 20480}),
+    "full_1p5b_bf16_wgrad": ("1p5b", "ours", {**_FULL, "kernel": "auto", "bf16_wgrad": True}),
+    "gaps_full_1p5b": ("1p5b", "ours", {**_FULL, "kernel": "auto", "gaps": True}),
     "full_1p5b_flash": ("1p5b", "ours", {**_FULL, "kernel": "flash"}),
-    "full_1p5b_fsdp": ("1p5b", "ours", {**_FULL, "kernel": "hybrid", "launch": "fsdp2_1gpu"}),
+    "full_1p5b_fsdp": ("1p5b", "ours", {**_FULL, "kernel": "auto", "launch": "fsdp2_1gpu"}),
     "full_1p5b_fsdp_flash": ("1p5b", "ours", {**_FULL, "kernel": "flash", "launch": "fsdp2_1gpu"}),
-    "full_1p5b_ckpt": ("1p5b", "ours", {**_FULL, "kernel": "hybrid", "ckpt": True, "micro": 32768}),
-    "profile_full_1p5b": ("1p5b", "ours", {**_FULL, "kernel": "hybrid", "batch": 16, "profile": True}),
+    "full_1p5b_ckpt": ("1p5b", "ours", {**_FULL, "kernel": "auto", "ckpt": True, "micro": 32768}),
+    "profile_full_1p5b": ("1p5b", "ours", {**_FULL, "kernel": "auto", "batch": 16, "profile": True}),
     # LoRA (r 64, all projections); 7B: gradient checkpointing, 32k micro-batches / one 32k sample per step
-    "lora_1p5b": ("1p5b", "ours", {**_FULL, "mode": "lora", "kernel": "hybrid"}),
-    "lora_7b": ("7b", "ours", {**_FULL, "mode": "lora", "ckpt": True, "micro": 32768, "kernel": "hybrid",
+    "lora_1p5b": ("1p5b", "ours", {**_FULL, "mode": "lora", "kernel": "auto"}),
+    "lora_7b": ("7b", "ours", {**_FULL, "mode": "lora", "ckpt": True, "micro": 32768, "kernel": "auto",
                                "batch": 16}),
-    "lora_7b_32k": ("7b", "ours", {**_FULL, "mode": "lora", "ckpt": True, "micro": 32768, "kernel": "hybrid",
+    "lora_7b_32k": ("7b", "ours", {**_FULL, "mode": "lora", "ckpt": True, "micro": 32768, "kernel": "auto",
                                    "lengths": "32k"}),
     # issue 8 (multi-GPU kinds): the same over 2 GPUs of one host, and the 7B shape's full FT
-    "full_1p5b_fsdp_2gpu": ("1p5b", "ours", {**_FULL, "kernel": "hybrid", "launch": "fsdp2_2gpu"}),
-    "full_7b_fsdp_1gpu": ("7b", "ours", {**_FULL, "kernel": "hybrid", "ckpt": True, "micro": 32768,
+    "full_1p5b_fsdp_2gpu": ("1p5b", "ours", {**_FULL, "kernel": "auto", "launch": "fsdp2_2gpu"}),
+    "full_7b_fsdp_1gpu": ("7b", "ours", {**_FULL, "kernel": "auto", "ckpt": True, "micro": 32768,
                                          "launch": "fsdp2_1gpu"}),
-    "full_7b_fsdp_2gpu": ("7b", "ours", {**_FULL, "kernel": "hybrid", "ckpt": True, "micro": 32768,
+    "full_7b_fsdp_2gpu": ("7b", "ours", {**_FULL, "kernel": "auto", "ckpt": True, "micro": 32768,
                                          "launch": "fsdp2_2gpu"}),
 }
-DEFAULT = "check,trl_1p5b,full_1p5b,full_1p5b_fsdp_flash,lora_1p5b,lora_7b_32k"
+DEFAULT = "check,trl_1p5b,full_1p5b,full_1p5b_hybrid,lora_1p5b,lora_7b_32k"
 
 
 def qwen_config(shape: str):
@@ -155,7 +160,7 @@ def run_check(shape: str, opts: dict) -> dict:
     rel = lambda a, b: float((a.double() - b).norm() / b.norm())  # noqa: E731
     from factory.train import packing
 
-    for kernel in ("flash", "cudnn", "hybrid"):
+    for kernel in ("flash", "cudnn", "hybrid", "ragged"):
         packing.CUDA_KERNEL = kernel
         name = "varlen" if kernel == "flash" else kernel
         try:
@@ -200,9 +205,34 @@ def run_check(shape: str, opts: dict) -> dict:
                 loss = fused_linear_cross_entropy(h, head, t, impl=impl, chunk=chunk)
             torch.autograd.grad(loss, (h, head.weight))
         res[f"ce_{impl}{chunk or ''}_ms"] = round(_gpu_ms(step, 5), 2)
+    res.update(_check_folded_linear())
     res["device"] = torch.cuda.get_device_name(0)
     res["torch"] = torch.__version__
     return res
+
+
+def _check_folded_linear() -> dict:
+    """The compute copy's Linear weight gradient, accumulated over 3 micro-batches by the fp32-output GEMM,
+    against float64 (same bf16 inputs and output gradients), next to autograd's bf16 gradients summed in fp32."""
+    import torch
+
+    from factory.train import compute_copy
+
+    torch.manual_seed(0)
+    master = torch.nn.Sequential(torch.nn.Linear(1536, 8960, device="cuda"))
+    twin = compute_copy.BF16ComputeCopy(master)
+    xs = [torch.randn(16384, 1536, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+    gs = [torch.randn(16384, 8960, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
+    for x, g in zip(xs, gs):
+        twin.module(x).backward(g)
+    ref = sum(g.double().t() @ x.double() for x, g in zip(xs, gs))
+    ref_bias = sum(g.double().sum(0) for g in gs)
+    bf16_sum = sum((g.t() @ x).float() for x, g in zip(xs, gs))
+    rel = lambda a, b: float((a.double() - b).norm() / b.norm())  # noqa: E731
+    return {"folded_fp32_gemm": compute_copy._FP32_GEMM[0],
+            "folded_weight_grad_rel_err": rel(master[0].weight.grad, ref),
+            "bf16_grads_summed_rel_err": rel(bf16_sum, ref),
+            "folded_bias_grad_rel_err": rel(master[0].bias.grad, ref_bias)}
 
 
 def run_attn(shape: str, opts: dict) -> dict:
@@ -214,7 +244,7 @@ def run_attn(shape: str, opts: dict) -> dict:
     res = {}
     default_kernel = packing.CUDA_KERNEL
     heads, kv, dim = (12, 2, 128) if shape == "1p5b" else (28, 4, 128)
-    kernels = ("flash", "cudnn", "hybrid")
+    kernels = ("flash", "cudnn", "hybrid", "ragged")
     for docs in ([16384], [9000, 5000, 2384], [4096] * 4, [5000, 3100, 2500, 2000, 1800, 1200, 700]):
         total = sum(docs)
         bounds = [0] + torch.tensor(docs).cumsum(0).tolist()
@@ -243,7 +273,7 @@ def run_attn(shape: str, opts: dict) -> dict:
     from transformers import Qwen2Config
 
     rng = np.random.default_rng(1)
-    for kernel in ("flash", "hybrid"):
+    for kernel in ("flash", "hybrid", "ragged"):
         packing.CUDA_KERNEL = kernel
         res[f"{kernel}_warmup_s"] = round(packing.warm_cudnn_plans(
             Qwen2Config(hidden_size=heads * dim, num_attention_heads=heads, num_key_value_heads=kv), 16384,
@@ -284,11 +314,18 @@ def run_ours(shape: str, opts: dict) -> dict:
                     max_length=opts["micro"], gradient_checkpointing=opts["ckpt"], liger=opts["liger"],
                     warmup_ratio=0.0, save_every_steps=0, progress=False, precision="fp32" if DRY else "bf16",
                     attention_kernel=opts["kernel"])
+    if opts.get("bf16_wgrad"):  # the compute copy's Linear gradients as bf16 GEMMs + fp32 adds (the A/B baseline)
+        from factory.train import compute_copy
+
+        compute_copy._FP32_GEMM[0] = False
     with tempfile.TemporaryDirectory() as tmp:
         if opts.get("profile"):
             return profile_ours(cfg, samples, tmp, config)
+        if opts.get("gaps"):
+            return gaps_ours(cfg, samples, tmp, config)
         result = train(cfg, samples, tmp, model_config=config, export=False, save_final=False)
         log = [json.loads(line) for line in Path(result.log_path).read_text().splitlines()]
+    from factory.train import cudnn_ragged
     timed = log[1:]
     tokens = sum(r["tokens"] - p["tokens"] for p, r in zip(log[:-1], log[1:]))
     seconds = sum(r["step_s"] for r in timed)
@@ -301,9 +338,13 @@ def run_ours(shape: str, opts: dict) -> dict:
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     noncausal = strict + 6.0 * config.num_hidden_layers * config.num_attention_heads * head_dim * eff_len
     return {"tokens_per_s_per_gpu": tokens / seconds / world, "tflops_per_gpu": tflops,
-            "mfu": tflops / peak_tflops(), "mfu_noncausal_attention": tflops * noncausal / strict / peak_tflops(), "peak_mem_gib": max(r.get("peak_mem_gib", 0) for r in log),
+            "mfu": tflops / peak_tflops(), "mfu_noncausal_attention": tflops * noncausal / strict / peak_tflops(),
+            "peak_mem_gib": max(r.get("peak_mem_gib", 0) for r in log),
             "timed_steps": len(timed), "timed_tokens": tokens, "loss": [r["loss"] for r in log],
-            "mean_len": sum(len(s) for s in samples) / len(samples), "world": world}
+            "mean_len": sum(len(s) for s in samples) / len(samples), "world": world,
+            "step_s": [r["step_s"] for r in log], "attention_warmup_s": log[0].get("attention_warmup_s"),
+            "attention_kernel": log[0].get("attention_kernel"),
+            "ragged_plans": len(cudnn_ragged._PLANS)}
 
 
 def profile_ours(cfg, samples, tmp, config) -> dict:
@@ -313,16 +354,72 @@ def profile_ours(cfg, samples, tmp, config) -> dict:
 
     from factory.train.trainer import train
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+    from factory.train import cudnn_ragged
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         started = time.perf_counter()
         train(cfg, samples, tmp, model_config=config, export=False, save_final=False)
-        torch.cuda.synchronize()
+        _sync()
         wall = time.perf_counter() - started
     events = prof.key_averages()
     table = events.table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=60)
     print(table)
     kernel_s = sum(e.self_device_time_total for e in events) / 1e6
-    return {"wall_s_profiled": wall, "kernel_s": kernel_s, "table": table[-9000:]}
+    # elementwise/copy ops by input shape: which tensors the copies and adds move
+    small = [e for e in prof.key_averages(group_by_input_shape=True)
+             if e.key in ("aten::copy_", "aten::add_", "aten::add", "aten::mul", "aten::cat", "aten::fill_",
+                          "aten::zero_", "aten::constant_pad_nd", "aten::clone", "aten::to", "aten::_to_copy")]
+    small.sort(key=lambda e: -e.self_device_time_total)
+    shapes = [f"{e.key} {e.self_device_time_total / 1e3:.1f}ms x{e.count} {str(e.input_shapes)[:150]}"
+              for e in small[:30]]
+    print("\n".join(shapes))
+    return {"wall_s_profiled": wall, "kernel_s": kernel_s, "table": table[-9000:], "by_shape": shapes,
+            "ragged_plans": len(cudnn_ragged._PLANS)}
+
+
+def gaps_ours(cfg, samples, tmp, config) -> dict:
+    """GPU idle time in the last optimizer step: kernel intervals from the profiler's timeline, the step's window
+    from the training log, and the longest idle stretches summed by the kernels on either side."""
+    import collections
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from factory.train.trainer import train
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        result = train(cfg, samples, tmp, model_config=config, export=False, save_final=False)
+        _sync()
+    log = [json.loads(line) for line in Path(result.log_path).read_text().splitlines()]
+    kernels = []
+    for e in prof.profiler.kineto_results.events():
+        if "cuda" in str(e.device_type()).lower():
+            start = e.start_ns() if hasattr(e, "start_ns") else e.start_us() * 1000
+            dur = e.duration_ns() if hasattr(e, "duration_ns") else e.duration_us() * 1000
+            kernels.append((start, start + dur, e.name()[:60]))
+    kernels.sort()
+    if not kernels:
+        return {"error": "no CUDA kernels in the profile"}
+    end = kernels[-1][1]
+    window = log[-1]["step_s"] * 1e9
+    begin = end - window
+    busy, gaps, last_end, last_name = 0.0, collections.Counter(), begin, "step start"
+    counts = collections.Counter()
+    for start, stop, name in kernels:
+        if stop <= begin:
+            continue
+        start = max(start, last_end)
+        if start - last_end > 20_000:  # idle stretches over 20 us
+            key = f"{last_name} -> {name}"
+            gaps[key] += start - last_end
+            counts[key] += 1
+        busy += max(0, stop - start)
+        if stop > last_end:
+            last_end, last_name = stop, name
+    top = [f"{v / 1e6:.1f} ms x{counts[k]}: {k}" for k, v in gaps.most_common(25)]
+    print("\n".join(top))
+    return {"step_s": window / 1e9, "busy_fraction": busy / window, "idle_ms_over_20us": sum(gaps.values()) / 1e6,
+            "top_gaps": top, "log_step_s": [r["step_s"] for r in log]}
 
 
 def run_trl(shape: str, opts: dict) -> dict:
