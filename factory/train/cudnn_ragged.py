@@ -44,7 +44,7 @@ def _pow2(n: int, floor: int = 1) -> int:
 
 @dataclass(frozen=True)
 class RaggedShape:
-    """The graph shape a packed row runs under (every field a power of two)."""
+    """The graph shape a packed row runs under (slots and longest-sample bucket are powers of two)."""
 
     slots: int  # sequence slots: >= the row's samples
     max_len: int  # >= its longest sample
@@ -110,6 +110,7 @@ def row_meta(cu: torch.Tensor, bounds: list[int], heads: int, kv_heads: int, dim
 # ----------------------------------------------------------------------------------------------- graphs
 
 def _handle(device: torch.device) -> int:
+    """This device's cuDNN handle, bound to the current CUDA stream (autograd may run backward on another)."""
     import cudnn
 
     index = _index(device)
@@ -185,7 +186,7 @@ class _Plans:
 
     def _run(self, graph, named, buffers: dict, workspace: int, device) -> None:
         ws = torch.empty(max(1, workspace), dtype=torch.uint8, device=device)
-        graph.execute({named[k]: v for k, v in buffers.items()}, ws, handle=self.handle)
+        graph.execute({named[k]: v for k, v in buffers.items()}, ws, handle=_handle(device))
 
     def forward(self, q, k, v, meta: RaggedMeta):
         s, b = meta.shape.max_len, meta.shape.slots
