@@ -35,18 +35,18 @@ def _fold_matmul(master: torch.nn.Parameter, a: torch.Tensor, b: torch.Tensor) -
             return
         except (RuntimeError, TypeError):
             _FP32_GEMM[0] = False
-    grad = a.mm(b)
-    if master.grad is None:
-        master.grad = grad.to(master.dtype)
-    else:
-        master.grad.add_(grad)
+    _add_grad(master, a.mm(b))
 
 
 def _fold_sum(master: torch.nn.Parameter, g: torch.Tensor) -> None:
     """master.grad += g.sum(0): summed in fp32 on CUDA, in g's dtype elsewhere (autograd's bias gradient)."""
-    grad = g.sum(0, dtype=torch.float32) if g.is_cuda else g.sum(0).to(master.dtype)
+    _add_grad(master, g.sum(0, dtype=torch.float32) if g.is_cuda else g.sum(0))
+
+
+def _add_grad(master: torch.nn.Parameter, grad: torch.Tensor) -> None:
+    """master.grad += grad, in the master's dtype (the first gradient of a step is cast, not added to zeros)."""
     if master.grad is None:
-        master.grad = grad
+        master.grad = grad.to(master.dtype)
     else:
         master.grad.add_(grad)
 
@@ -95,7 +95,7 @@ class BF16ComputeCopy:
             c.requires_grad_(m.requires_grad)
         folded: set[int] = set()  # parameters of Linear layers whose gradients the GEMM folds in itself
         head = self.module.get_output_embeddings() if hasattr(self.module, "get_output_embeddings") else None
-        for (_, m), (_, c) in zip(master.named_modules(), self.module.named_modules()):
+        for m, c in zip(master.modules(), self.module.modules()):
             if type(c) is torch.nn.Linear and c is not head and m.weight.requires_grad:
                 c.forward = types.MethodType(_folded_forward(m), c)
                 folded.update(id(p) for p in c.parameters())
@@ -105,11 +105,7 @@ class BF16ComputeCopy:
     @staticmethod
     def _hook(master: torch.nn.Parameter):
         def accumulate(param: torch.Tensor) -> None:
-            grad = param.grad
-            if master.grad is None:
-                master.grad = grad.to(master.dtype)
-            else:
-                master.grad.add_(grad)
+            _add_grad(master, param.grad)
             param.grad = None  # the bf16 gradient is freed as soon as it is folded in
         return accumulate
 
@@ -118,7 +114,3 @@ class BF16ComputeCopy:
         """Copy the (updated) master weights into the bf16 copy: once per optimizer step and after a resume."""
         if self._pairs:
             torch._foreach_copy_([c for _, c in self._pairs], [m for m, _ in self._pairs])
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()

@@ -219,18 +219,15 @@ def _cudnn_sdpa(q, k, v, scale):
 def set_cuda_kernel(name: str, device: torch.device | None = None) -> str:
     """Choose the CUDA kernel of factory_varlen for this process (one of CUDA_KERNELS, or "auto"); returns it."""
     global CUDA_KERNEL
-    if name == "auto":
-        from factory.train import cudnn_ragged
+    from factory.train import cudnn_ragged
 
+    if name == "auto":
         name = "ragged" if cudnn_ragged.available(device) else "hybrid"
     if name not in CUDA_KERNELS:
         raise ValueError(f"attention kernel {name!r}: expected auto or one of {', '.join(CUDA_KERNELS)}")
-    if name == "ragged" and torch.cuda.is_available():
-        from factory.train import cudnn_ragged
-
-        if not cudnn_ragged.available(device):
-            raise ValueError("attention kernel 'ragged' needs the nvidia-cudnn-frontend package and a GPU of "
-                             "compute capability 9.0+ (pip install nvidia-cudnn-frontend)")
+    if name == "ragged" and torch.cuda.is_available() and not cudnn_ragged.available(device):
+        raise ValueError("attention kernel 'ragged' needs the nvidia-cudnn-frontend package and a GPU of "
+                         "compute capability 9.0+ (pip install nvidia-cudnn-frontend)")
     CUDA_KERNEL = name
     return name
 
@@ -250,8 +247,7 @@ def warm_cudnn_plans(config, max_length: int, device: torch.device, capacity: in
         from factory.train import cudnn_ragged
 
         started = time.perf_counter()
-        cudnn_ragged.warm_plans(heads, kv, dim, getattr(config, "attention_scale", None) or dim ** -0.5,
-                                capacity or max_length, device)
+        cudnn_ragged.warm_plans(heads, kv, dim, dim ** -0.5, capacity or max_length, device)
         return time.perf_counter() - started
     first = CUDNN_MIN_LEN if CUDA_KERNEL == "hybrid" else 1
     started = time.perf_counter()
