@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from factory.train import compute_copy
 from factory.train.compute_copy import BF16ComputeCopy
 from factory.train.config import SFTConfig
 from factory.train.data import ChatFormatter, Conversation
@@ -51,7 +52,8 @@ def _master(student):
     return model
 
 
-def test_master_gradient_is_the_fp32_sum_of_the_bf16_micro_batch_gradients(student):
+def test_master_gradient_is_the_fp32_sum_of_the_bf16_micro_batch_gradients(student, monkeypatch):
+    monkeypatch.setattr(compute_copy, "GROUP_PROJECTIONS", [False])  # per-Linear backward: autograd's exact sums
     tok, _, samples = _samples(student)
     master = _master(student)
     twin = BF16ComputeCopy(master)
@@ -86,6 +88,69 @@ def test_master_gradient_is_the_fp32_sum_of_the_bf16_micro_batch_gradients(stude
     twin.refresh()
     for m, c in zip(master.parameters(), twin.module.parameters()):
         assert torch.equal(c, m.to(torch.bfloat16))
+
+
+def test_grouped_projections_match_the_per_linear_backward(student, monkeypatch):
+    tok, _, samples = _samples(student)
+    master = _master(student)
+    per_linear_master = copy.deepcopy(master)
+    monkeypatch.setattr(compute_copy, "GROUP_PROJECTIONS", [False])
+    per_linear = BF16ComputeCopy(per_linear_master)
+    monkeypatch.setattr(compute_copy, "GROUP_PROJECTIONS", [True])
+    grouped = BF16ComputeCopy(master)
+    for twin in (per_linear, grouped):
+        install_fused_loss(twin.module)
+    layers = master.config.num_hidden_layers
+    assert [g.name.split(".")[-1] for g in grouped.groups] == ["q_proj/k_proj/v_proj", "gate_proj/up_proj"] * layers
+    assert [g.narrow for g in grouped.groups] == [True, False] * layers
+    qkv = grouped.groups[0]
+    offsets = [0, qkv.widths[0], qkv.widths[0] + qkv.widths[1]]
+    assert [c.weight.data_ptr() for c in qkv.copies] == [qkv.weight[o].data_ptr() for o in offsets]
+
+    for micro in (samples[:3], samples[3:7], samples[7:]):
+        batch = collate_packed(micro, tok.pad_token_id)
+        losses = [twin.module(**model_kwargs(batch, torch.device("cpu"))).loss for twin in (per_linear, grouped)]
+        assert torch.equal(losses[0], losses[1])  # the forward runs the same GEMMs
+        for loss in losses:
+            loss.backward()
+    assert qkv._pending is None and all(p.grad is None for p in grouped.module.parameters())
+    weights = [m.weight for m in qkv.masters]  # q/k/v master gradients: row blocks of one fp32 buffer
+    assert [w.grad.data_ptr() for w in weights] == [qkv._grad[o].data_ptr() for o in offsets]
+    for (name, a), b in zip(master.named_parameters(), per_linear_master.parameters()):
+        assert a.grad.dtype == torch.float32
+        # only the rounding of the bf16 input-gradient sums differs (one GEMM instead of GEMMs + adds)
+        assert float((a.grad - b.grad).norm() / b.grad.norm()) < 2e-2, name
+
+    master.zero_grad(set_to_none=True)  # the next step starts from zero in the same buffer
+    batch = collate_packed(samples[:3], tok.pad_token_id)
+    grouped.module(**model_kwargs(batch, torch.device("cpu"))).loss.backward()
+    assert weights[0].grad.data_ptr() == qkv._grad.data_ptr()
+    with torch.no_grad():
+        for param in master.parameters():
+            param.add_(1e-2 * torch.randn_like(param))
+    grouped.refresh()  # the members' weights are views of the group's buffer: refresh writes through them
+    assert torch.equal(qkv.weight[:offsets[1]], qkv.masters[0].weight.to(torch.bfloat16))
+
+
+def test_projection_group_serves_siblings_by_input_and_zero_fills_unused_outputs():
+    torch.manual_seed(0)
+    attn = torch.nn.Module()
+    attn.q_proj, attn.k_proj, attn.v_proj = (torch.nn.Linear(8, n) for n in (8, 4, 4))
+    master = torch.nn.Sequential(attn)
+    twin = BF16ComputeCopy(master, dtype=torch.float32)
+    assert len(twin.groups) == 1 and twin.groups[0].narrow
+    q, k, v = twin.module[0].q_proj, twin.module[0].k_proj, twin.module[0].v_proj
+    x, y = torch.randn(5, 8), torch.randn(5, 8)
+    # v asks first, q second with the same input; k is called with another input (its own node); the group's k
+    # output is never used (a zero gradient)
+    loss = v(x).square().sum() + (q(x) * 3).sum() + k(y).sum()
+    loss.backward()
+    ref = copy.deepcopy(master)
+    ref.zero_grad(set_to_none=True)
+    (ref[0].v_proj(x).square().sum() + (ref[0].q_proj(x) * 3).sum() + ref[0].k_proj(y).sum()).backward()
+    for a, b in zip(master.parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+    assert twin.groups[0]._pending is not None  # k never asked for the output computed with x
 
 
 def test_compute_copy_trains_and_resumes_exactly(student, tmp_path):

@@ -7,6 +7,7 @@ bf16 copy is refreshed once per optimizer step. Checkpoints, clipping, the sched
 the fp32 master model unchanged. Linear layers (all but the LM head, which the fused loss handles) go further: their
 weight-gradient GEMM accumulates in fp32 straight into the master gradient on CUDA (cuBLAS with an fp32 output and
 beta = 1), so no bf16 weight gradient is written, read back and added (~2% of an H100 step for Qwen2.5-1.5B).
+Projections that read the same input (q/k/v, gate/up) run their backward as one (projection_groups.py).
 
 Why own code: on one GPU, FSDP2 re-casts and copies every layer's weights in every micro-batch's forward and
 backward (~15% of step time for Qwen2.5-1.5B on an H100, bench/sft.py profile) and autocast re-casts every weight
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 _FP32_GEMM = [True]  # cleared if this torch's CUDA mm lacks out_dtype (then: bf16 GEMM, fp32 add)
+GROUP_PROJECTIONS = [True]  # q/k/v and gate/up: one backward per group (projection_groups.py); off: per Linear
 
 
 def _fold_matmul(master: torch.nn.Parameter, a: torch.Tensor, b: torch.Tensor) -> None:
@@ -94,9 +96,16 @@ class BF16ComputeCopy:
         for m, c in zip(masters, copies):
             c.requires_grad_(m.requires_grad)
         folded: set[int] = set()  # parameters of Linear layers whose gradients the GEMM folds in itself
+        self.groups = []
+        if GROUP_PROJECTIONS[0]:
+            from factory.train.projection_groups import group_projections
+
+            self.groups = group_projections(master, self.module)
+        for group in self.groups:
+            folded.update(id(p) for c in group.copies for p in c.parameters())
         head = self.module.get_output_embeddings() if hasattr(self.module, "get_output_embeddings") else None
         for m, c in zip(master.modules(), self.module.modules()):
-            if type(c) is torch.nn.Linear and c is not head and m.weight.requires_grad:
+            if type(c) is torch.nn.Linear and c is not head and m.weight.requires_grad and id(c.weight) not in folded:
                 c.forward = types.MethodType(_folded_forward(m), c)
                 folded.update(id(p) for p in c.parameters())
         self._handles = [c.register_post_accumulate_grad_hook(self._hook(m)) for m, c in self._pairs
