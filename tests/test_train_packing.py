@@ -35,6 +35,7 @@ def test_packed_logits_equal_unpacked(kind):
     batch = collate_packed(samples)
     kwargs = model_kwargs(batch, torch.device("cpu"))
     kwargs.pop("labels")
+    kwargs.pop("target_index")
     with torch.no_grad():
         packed = model(**kwargs).logits[0]
         alone = torch.cat([model(input_ids=torch.as_tensor(s.input_ids, dtype=torch.long)[None]).logits[0]
@@ -57,6 +58,7 @@ def test_targets_never_cross_sample_boundaries():
         assert targets[b - 1] == IGNORE_INDEX  # the last token of a sample predicts nothing
         assert (targets[a:b - 1] == s.labels[1:]).all()
     assert (batch["position_ids"][0].numpy()[cu[:-1]] == 0).all()
+    assert batch["target_index"].tolist() == [i for i, t in enumerate(targets) if t != IGNORE_INDEX]
 
 
 def test_plan_is_deterministic_complete_and_balanced():
@@ -89,6 +91,11 @@ def test_fused_cross_entropy_matches_plain(frozen_head):
     targets[0, :7] = IGNORE_INDEX
     fused = fused_linear_cross_entropy(hidden, head, targets, impl="torch", chunk=8)
     grads = torch.autograd.grad(fused * 0.5, [hidden] + ([head.weight] if not frozen_head else []))
+    index = torch.nonzero(targets.reshape(-1) != IGNORE_INDEX).reshape(-1)  # positions found on the host
+    indexed = fused_linear_cross_entropy(hidden, head, targets, impl="torch", chunk=8, index=index)
+    assert torch.equal(indexed, fused)
+    for a, b in zip(torch.autograd.grad(indexed * 0.5, [hidden] + ([head.weight] if not frozen_head else [])), grads):
+        assert torch.equal(a, b)
     plain = naive_cross_entropy(hidden, head, targets)
     ref = torch.autograd.grad(plain * 0.5, [hidden] + ([head.weight] if not frozen_head else []))
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-5)

@@ -68,12 +68,17 @@ class _FusedLinearCrossEntropy(torch.autograd.Function):
 
 
 def fused_linear_cross_entropy(hidden: torch.Tensor, lm_head: torch.nn.Linear, targets: torch.Tensor,
-                               impl: str = "torch", chunk: int = 4096) -> torch.Tensor:
-    """Sum of token cross-entropies of `lm_head(hidden)` against `targets` (IGNORE_INDEX skipped)."""
+                               impl: str = "torch", chunk: int = 4096,
+                               index: torch.Tensor | None = None) -> torch.Tensor:
+    """Sum of token cross-entropies of `lm_head(hidden)` against `targets` (IGNORE_INDEX skipped). `index`: the
+    flat positions whose target is not IGNORE_INDEX, if known (then nothing waits for the GPU to find them)."""
     flat_h = hidden.reshape(-1, hidden.shape[-1])
     flat_t = targets.reshape(-1)
-    keep = flat_t != IGNORE_INDEX
-    h, t = flat_h[keep], flat_t[keep]
+    if index is None:
+        keep = flat_t != IGNORE_INDEX
+        h, t = flat_h[keep], flat_t[keep]
+    else:
+        h, t = flat_h.index_select(0, index), flat_t.index_select(0, index)
     if t.numel() == 0:  # a dummy micro-batch: zero loss that still touches the graph
         return flat_h.sum() * 0.0 + lm_head.weight.sum() * 0.0
     if impl == "liger":
@@ -116,18 +121,21 @@ def naive_cross_entropy(hidden: torch.Tensor, lm_head: torch.nn.Linear, targets:
 def install_fused_loss(model, impl: str = "torch", chunk: int = 4096) -> None:
     """Replace the causal LM's forward (on this instance) by decoder -> fused head+loss when `labels` are given.
 
-    `labels` must already be shifted (packing.shifted_targets). Hooks on the module (FSDP2, peft) still run,
-    since they wrap `__call__`, not `forward`."""
+    `labels` must already be shifted (packing.shifted_targets); `target_index` (packing.model_kwargs) lists the
+    positions that have a target. Hooks on the module (FSDP2, peft) still run, since they wrap `__call__`, not
+    `forward`."""
     decoder = getattr(model, model.base_model_prefix)
     head = model.get_output_embeddings()
 
-    def forward(self, input_ids=None, labels=None, position_ids=None, attention_mask=None, **kwargs):
+    def forward(self, input_ids=None, labels=None, position_ids=None, attention_mask=None, target_index=None,
+                **kwargs):
         kwargs = {k: v for k, v in kwargs.items() if v is not None and k not in ("use_cache", "return_dict")}
         out = decoder(input_ids=input_ids, position_ids=position_ids, attention_mask=attention_mask,
                       use_cache=False, **kwargs)
         hidden = out.last_hidden_state
         if labels is None:
             return CausalLMOutputWithPast(logits=head(hidden))
-        return CausalLMOutputWithPast(loss=fused_linear_cross_entropy(hidden, head, labels, impl, chunk))
+        loss = fused_linear_cross_entropy(hidden, head, labels, impl, chunk, target_index)
+        return CausalLMOutputWithPast(loss=loss)
 
     model.forward = types.MethodType(forward, model)

@@ -96,6 +96,7 @@ def collate_packed(samples: list[TokenizedSample], pad_id: int = 0) -> dict[str,
         return {"input_ids": torch.full((1, 1), pad_id, dtype=torch.long),
                 "position_ids": torch.zeros((1, 1), dtype=torch.long),
                 "labels": torch.full((1, 1), IGNORE_INDEX, dtype=torch.long),
+                "target_index": torch.zeros(0, dtype=torch.long),
                 "cu_seq_lens": torch.tensor([0, 1], dtype=torch.int32), "max_length": 1}
     lengths = [len(s) for s in samples]
     input_ids = np.concatenate([s.input_ids for s in samples]).astype(np.int64)
@@ -105,7 +106,7 @@ def collate_packed(samples: list[TokenizedSample], pad_id: int = 0) -> dict[str,
     np.cumsum(lengths, out=cu[1:])
     return {"input_ids": torch.from_numpy(input_ids)[None], "position_ids": torch.from_numpy(position_ids)[None],
             "labels": torch.from_numpy(targets)[None], "cu_seq_lens": torch.from_numpy(cu),
-            "max_length": max(lengths)}
+            "target_index": torch.from_numpy(np.flatnonzero(targets != IGNORE_INDEX)), "max_length": max(lengths)}
 
 
 def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -118,12 +119,14 @@ def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def model_kwargs(batch: dict, device: torch.device) -> dict:
     """Keyword arguments for the model's forward. transformers hands `cu_seq_lens_*`/`max_length_*` through to the
-    attention function (its flash-attention kwargs); `attention_mask` stays None: no padding, no T x T mask."""
+    attention function (its flash-attention kwargs); `attention_mask` stays None: no padding, no T x T mask.
+    `target_index` (positions with a target, found on the host) is for the fused loss (loss.install_fused_loss):
+    selecting rows by a boolean mask on the GPU would stop the CPU until the GPU has caught up, twice per row."""
     cu = _to_device(batch["cu_seq_lens"], device)
     remember_bounds(cu, batch["cu_seq_lens"].tolist())
     return {"input_ids": _to_device(batch["input_ids"], device),
             "position_ids": _to_device(batch["position_ids"], device),
-            "labels": _to_device(batch["labels"], device),
+            "labels": _to_device(batch["labels"], device), "target_index": _to_device(batch["target_index"], device),
             "cu_seq_lens_q": cu, "cu_seq_lens_k": cu,
             "max_length_q": int(batch["max_length"]), "max_length_k": int(batch["max_length"])}
 
@@ -313,7 +316,9 @@ def varlen_attention_forward(module, query, key, value, attention_mask, dropout:
             max_len = query.shape[2]
         else:
             cu, max_len = _cu_from_position_ids(position_ids)
-    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [T, H, D]
+    # [T, H, D] views. squeeze, not [0]: the backward of t[0] writes the gradient into a new zero-filled
+    # [1, H, T, D] tensor (a transposing copy), which RoPE's backward then copies back to [T, H, D] order
+    q, k, v = (t.squeeze(0).transpose(0, 1) for t in (query, key, value))
     if query.is_cuda and q.dtype in (torch.bfloat16, torch.float16):
         if CUDA_KERNEL == "flash":
             out = _flash_varlen(q.contiguous(), k.contiguous(), v.contiguous(), cu.to(q.device), int(max_len),
