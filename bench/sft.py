@@ -6,6 +6,7 @@ peak-memory figures); the first optimizer step is warm-up and not timed. MFU = m
 frozen weights, + causal attention; no recompute counted) / time / dense bf16 peak (H100 SXM: 989 TFLOP/s).
 
     python bench/sft.py --out OUT [--cases trl_1p5b,full_1p5b,...]
+    BENCH_STEPS=6 python bench/sft.py --out OUT --cases full_1p5b,full_1p5b_ungrouped   # A/B over more steps
 
 Results and the exact commands run: bench/results/README.md. Multi-GPU (issue 8, on nvidia-h200-x2):
     NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 \
@@ -46,6 +47,8 @@ CASES = {
     "check": ("1p5b", "check", {}),
     "attn": ("1p5b", "attn", {}),
     "attn_7b": ("7b", "attn", {}),
+    "gemm": ("1p5b", "gemm", {}),
+    "gemm_7b": ("7b", "gemm", {}),
     "trl_1p5b": ("1p5b", "trl", {"batch": 4}),
     # full FT, one H100: the default (fp32 master + bf16 compute copy whose Linear weight gradients accumulate in
     # fp32 GEMMs, ragged cuDNN attention, GC between steps) and what each part replaced
@@ -54,6 +57,7 @@ CASES = {
     "full_1p5b_autogc": ("1p5b", "ours", {**_FULL, "kernel": "auto", "env": {"FACTORY_MANUAL_GC": "0"}}),
     "full_1p5b_20k": ("1p5b", "ours", {**_FULL, "kernel": "auto", "micro": 20480}),
     "full_1p5b_bf16_wgrad": ("1p5b", "ours", {**_FULL, "kernel": "auto", "bf16_wgrad": True}),
+    "full_1p5b_ungrouped": ("1p5b", "ours", {**_FULL, "kernel": "auto", "ungrouped": True}),
     "gaps_full_1p5b": ("1p5b", "ours", {**_FULL, "kernel": "auto", "gaps": True}),
     "full_1p5b_flash": ("1p5b", "ours", {**_FULL, "kernel": "flash"}),
     "full_1p5b_fsdp": ("1p5b", "ours", {**_FULL, "kernel": "auto", "launch": "fsdp2_1gpu"}),
@@ -229,10 +233,47 @@ def _check_folded_linear() -> dict:
     ref_bias = sum(g.double().sum(0) for g in gs)
     bf16_sum = sum((g.t() @ x).float() for x, g in zip(xs, gs))
     rel = lambda a, b: float((a.double() - b).norm() / b.norm())  # noqa: E731
-    return {"folded_fp32_gemm": compute_copy._FP32_GEMM[0],
-            "folded_weight_grad_rel_err": rel(master[0].weight.grad, ref),
-            "bf16_grads_summed_rel_err": rel(bf16_sum, ref),
-            "folded_bias_grad_rel_err": rel(master[0].bias.grad, ref_bias)}
+    res = {"folded_fp32_gemm": compute_copy._FP32_GEMM[0],
+           "folded_weight_grad_rel_err": rel(master[0].weight.grad, ref),
+           "bf16_grads_summed_rel_err": rel(bf16_sum, ref),
+           "folded_bias_grad_rel_err": rel(master[0].bias.grad, ref_bias)}
+    # grouped projections (q/k/v with biases: one stacked fp32 buffer; gate/up: chained data gradients), the
+    # input gradient and every master gradient against float64, the k output unused in the last micro-batch
+    block = torch.nn.Module()
+    block.q_proj, block.k_proj, block.v_proj = (torch.nn.Linear(1536, n, device="cuda") for n in (1536, 256, 256))
+    block.gate_proj, block.up_proj = (torch.nn.Linear(1536, 8960, bias=False, device="cuda") for _ in range(2))
+    master = torch.nn.Sequential(block)
+    twin = compute_copy.BF16ComputeCopy(master)
+    copy_block = twin.module[0]
+    names = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+    weights64 = {n: (getattr(copy_block, n).weight.double(), None if getattr(copy_block, n).bias is None
+                     else getattr(copy_block, n).bias.double()) for n in names}
+    grads64 = {n: [torch.zeros_like(w), None if b is None else torch.zeros_like(b)] for n, (w, b) in weights64.items()}
+    worst_x, worst_w = 0.0, 0.0
+    for i in range(3):
+        x = torch.randn(16384, 1536, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        outs = {n: getattr(copy_block, n)(x) for n in names}
+        used = [n for n in names if not (i == 2 and n == "k_proj")]
+        gs = {n: torch.randn_like(outs[n]) for n in used}
+        torch.autograd.backward([outs[n] for n in used], [gs[n] for n in used])
+        x64 = x.detach().double()
+        ref_x = sum(gs[n].double() @ weights64[n][0] for n in used)
+        worst_x = max(worst_x, rel(x.grad, ref_x))
+        for n in used:
+            grads64[n][0] += gs[n].double().t() @ x64
+            if grads64[n][1] is not None:
+                grads64[n][1] += gs[n].double().sum(0)
+    for n in names:
+        m = getattr(block, n)
+        worst_w = max(worst_w, rel(m.weight.grad, grads64[n][0]))
+        if m.bias is not None:
+            worst_w = max(worst_w, rel(m.bias.grad, grads64[n][1]))
+    res.update({"grouped": [g.name for g in twin.groups], "grouped_input_grad_rel_err": worst_x,
+                "grouped_master_grad_rel_err": worst_w,
+                "grouped_qkv_grads_share_buffer": all(
+                    getattr(block, n).weight.grad.untyped_storage().data_ptr()
+                    == block.q_proj.weight.grad.untyped_storage().data_ptr() for n in ("k_proj", "v_proj"))})
+    return res
 
 
 def run_attn(shape: str, opts: dict) -> dict:
@@ -306,8 +347,9 @@ def run_ours(shape: str, opts: dict) -> dict:
 
     config = qwen_config(shape)
     lengths = opts.get("lengths", "r1")
-    # the first step is warm-up; the recipes' global batch is 64 samples
+    # the first step is warm-up; the recipes' global batch is 64 samples; BENCH_STEPS: more steps (A/B runs)
     n_steps, batch = (3, 1) if lengths == "32k" else (4 if opts["batch"] <= 16 else 3, opts["batch"])
+    n_steps = int(os.environ.get("BENCH_STEPS", n_steps))
     samples = synthetic_samples(n_steps * batch, config.vocab_size, lengths=lengths)
     cfg = SFTConfig(student=f"qwen2.5-{shape}-shape", init="random", mode=opts["mode"], epochs=1,
                     max_steps=n_steps, global_batch_size=batch, micro_batch_tokens=opts["micro"],
@@ -318,6 +360,10 @@ def run_ours(shape: str, opts: dict) -> dict:
         from factory.train import compute_copy
 
         compute_copy._FP32_GEMM[0] = False
+    if opts.get("ungrouped"):  # q/k/v and gate/up backward Linear by Linear (the A/B baseline)
+        from factory.train import compute_copy
+
+        compute_copy.GROUP_PROJECTIONS[0] = False
     with tempfile.TemporaryDirectory() as tmp:
         if opts.get("profile"):
             return profile_ours(cfg, samples, tmp, config)
@@ -366,12 +412,17 @@ def profile_ours(cfg, samples, tmp, config) -> dict:
     print(table)
     kernel_s = sum(e.self_device_time_total for e in events) / 1e6
     # elementwise/copy ops by input shape: which tensors the copies and adds move
-    small = [e for e in prof.key_averages(group_by_input_shape=True)
-             if e.key in ("aten::copy_", "aten::add_", "aten::add", "aten::mul", "aten::cat", "aten::fill_",
-                          "aten::zero_", "aten::constant_pad_nd", "aten::clone", "aten::to", "aten::_to_copy")]
-    small.sort(key=lambda e: -e.self_device_time_total)
-    shapes = [f"{e.key} {e.self_device_time_total / 1e3:.1f}ms x{e.count} {str(e.input_shapes)[:150]}"
-              for e in small[:30]]
+    import collections
+    import re
+
+    row = re.compile(r"(?<![0-9])(?:[12][0-9]{4}|3[0-2][0-9]{3})(?![0-9])")  # a row's length, 10k-33k tokens
+    folded_t: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.self_device_time_total > 0 and e.key.startswith("aten::"):
+            key = f"{e.key} {row.sub('T', str(e.input_shapes))[:140]}"
+            folded_t[key][0] += e.self_device_time_total / 1e3
+            folded_t[key][1] += e.count
+    shapes = [f"{ms:.1f}ms x{n} {key}" for key, (ms, n) in sorted(folded_t.items(), key=lambda kv: -kv[1][0])[:40]]
     print("\n".join(shapes))
     return {"wall_s_profiled": wall, "kernel_s": kernel_s, "table": table[-9000:], "by_shape": shapes,
             "ragged_plans": len(cudnn_ragged._PLANS)}
@@ -500,6 +551,51 @@ def run_trl(shape: str, opts: dict) -> dict:
     return result
 
 
+def run_gemm(shape: str, opts: dict) -> dict:
+    """Backward of the projections that share an input (q/k/v, gate/up) for one 16k-token row: each Linear on its
+    own (data gradient, fp32-accumulating weight gradient, the data gradients summed) against one grouped GEMM
+    pair over the concatenated output gradients; plus each weight-gradient GEMM alone."""
+    import torch
+
+    cfg = SHAPES[shape]
+    hidden, heads = cfg["hidden_size"], cfg["num_attention_heads"]
+    kv = hidden // heads * cfg["num_key_value_heads"]
+    rows = 16384
+    x = torch.randn(rows, hidden, device="cuda", dtype=torch.bfloat16)
+    res = {}
+    for group, widths in (("qkv", [hidden, kv, kv]), ("gate_up", [cfg["intermediate_size"]] * 2)):
+        weight = torch.randn(sum(widths), hidden, device="cuda", dtype=torch.bfloat16)
+        weights = list(weight.split(widths))
+        grads = [torch.randn(rows, w, device="cuda", dtype=torch.bfloat16) for w in widths]
+        master = torch.zeros(sum(widths), hidden, device="cuda", dtype=torch.float32)
+        masters = list(master.split(widths))
+        flops = 4 * rows * hidden * sum(widths)
+
+        def separate():
+            grad_x = None
+            for g, w, m in zip(grads, weights, masters):
+                part = g.mm(w)
+                grad_x = part if grad_x is None else grad_x.add_(part)
+                torch.addmm(m, g.t(), x, out_dtype=torch.float32, out=m)
+
+        def grouped():
+            g = torch.cat(grads, dim=1)
+            g.mm(weight)
+            torch.addmm(master, g.t(), x, out_dtype=torch.float32, out=master)
+
+        for name, fn in (("separate", separate), ("grouped", grouped)):
+            ms = _gpu_ms(fn, 20)
+            res[f"{group}_{name}_ms"] = round(ms, 3)
+            res[f"{group}_{name}_tflops"] = round(flops / ms / 1e9, 1)
+        for i, (g, m) in enumerate(zip(grads, masters)):
+            ms = _gpu_ms(lambda: torch.addmm(m, g.t(), x, out_dtype=torch.float32, out=m), 20)
+            res[f"{group}_wgrad{i}_ms"] = round(ms, 3)
+            res[f"{group}_wgrad{i}_tflops"] = round(2 * rows * hidden * g.shape[1] / ms / 1e9, 1)
+    res["device"] = torch.cuda.get_device_name(0)
+    print(json.dumps(res))
+    return res
+
+
 # ------------------------------------------------------------------------------------------------ driver
 
 def run_case(name: str) -> dict:
@@ -507,7 +603,7 @@ def run_case(name: str) -> dict:
     if DRY:
         shape, opts = "tiny", {**opts, "micro": 1024, "liger": False}
     started = time.time()
-    fn = {"check": run_check, "ours": run_ours, "trl": run_trl, "attn": run_attn}[kind]
+    fn = {"check": run_check, "ours": run_ours, "trl": run_trl, "attn": run_attn, "gemm": run_gemm}[kind]
     res = fn(shape, opts)
     res.update({"case": name, "shape": shape, "kind": kind, "options": opts, "wall_s": round(time.time() - started, 1)})
     return res
