@@ -132,6 +132,22 @@ def test_grouped_projections_match_the_per_linear_backward(student, monkeypatch)
     assert torch.equal(qkv.weight[:offsets[1]], qkv.masters[0].weight.to(torch.bfloat16))
 
 
+def test_grouped_projections_under_gradient_checkpointing_give_the_same_gradients(student):
+    tok, _, samples = _samples(student)
+    plain_master = _master(student)
+    ckpt_master = copy.deepcopy(plain_master)
+    plain, ckpt = BF16ComputeCopy(plain_master), BF16ComputeCopy(ckpt_master)
+    for twin in (plain, ckpt):
+        install_fused_loss(twin.module)
+        twin.module.train()
+    ckpt.module.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    batch = collate_packed(samples[:4], tok.pad_token_id)
+    for twin in (plain, ckpt):  # the recomputed forward forms its groups again, in the same order
+        twin.module(**model_kwargs(batch, torch.device("cpu"))).loss.backward()
+    for a, b in zip(plain_master.parameters(), ckpt_master.parameters()):
+        assert torch.equal(a.grad, b.grad)
+
+
 def test_projection_group_serves_siblings_by_input_and_zero_fills_unused_outputs():
     torch.manual_seed(0)
     attn = torch.nn.Module()
