@@ -135,10 +135,14 @@ def _peak_gib() -> float:
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
 
 
-def peak_tflops() -> float:
+def device_name() -> str:
     import torch
 
-    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def peak_tflops() -> float:
+    name = device_name()
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), 989.0)
 
 
@@ -370,6 +374,8 @@ def run_ours(shape: str, opts: dict) -> dict:
         if opts.get("gaps"):
             return gaps_ours(cfg, samples, tmp, config)
         result = train(cfg, samples, tmp, model_config=config, export=False, save_final=False)
+        if int(os.environ.get("RANK", 0)) != 0:  # the training log is rank 0's; its figures are global
+            return {}
         log = [json.loads(line) for line in Path(result.log_path).read_text().splitlines()]
     from factory.train import cudnn_ragged
     timed = log[1:]
@@ -606,6 +612,7 @@ def run_case(name: str) -> dict:
     fn = {"check": run_check, "ours": run_ours, "trl": run_trl, "attn": run_attn, "gemm": run_gemm}[kind]
     res = fn(shape, opts)
     res.update({"case": name, "shape": shape, "kind": kind, "options": opts, "wall_s": round(time.time() - started, 1)})
+    res.setdefault("device", device_name())
     return res
 
 
@@ -616,7 +623,8 @@ def child(name: str, result_file: str, timeout: int) -> dict:
     if opts.get("launch"):
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(ROOT / "pipelines" / "accelerate" / f"{opts['launch']}.yaml")]
-    else:
+    else:  # one process, one GPU: on a multi-GPU host TRL's Trainer would wrap the model in DataParallel
+        env.setdefault("CUDA_VISIBLE_DEVICES", "0")
         cmd = [sys.executable]
     cmd += [str(Path(__file__).resolve()), "--case", name, "--result", result_file]
     started = time.time()
@@ -665,7 +673,7 @@ def main() -> None:
     best = max((r for r in results if r.get("kind") == "ours" and r.get("shape") == "1p5b"
                 and r.get("options", {}).get("mode") == "full" and "tokens_per_s_per_gpu" in r),
                key=lambda r: r["tokens_per_s_per_gpu"], default=None)
-    summary = {"device": by.get("check", {}).get("device"), "results": results}
+    summary = {"device": next((r["device"] for r in results if r.get("device")), None), "results": results}
     if best and base:
         summary["best_full_1p5b"] = best["case"]
         summary["speedup_vs_trl_padded"] = best["tokens_per_s_per_gpu"] / base
