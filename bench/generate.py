@@ -60,10 +60,10 @@ def main() -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
     from factory.config import PipelineConfig
-    from factory.stages.generate import build_request, run_generate
-    from factory.teachers import make_teacher
-    from factory.teachers.vllm_offline import sampling_params
-    from factory.sources import load_prompts
+    from factory.generate.stage import build_request, run_generate
+    from factory.generate.teachers import make_teacher
+    from factory.generate.teachers.vllm_offline import sampling_params
+    from factory.generate.sources import load_prompts
 
     cfg = PipelineConfig.model_validate({
         "prompts": [{"kind": "arithmetic", "n": args.prompts, "seed": 7, "max_operand": 50}],

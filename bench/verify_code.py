@@ -54,7 +54,7 @@ def baseline(rows: list[dict], timeout_s: float) -> tuple[int, list[float]]:
 
 
 def ours(rows: list[dict], cfg) -> tuple[Counter, list[float], list[str]]:
-    from factory.rewards.code import humaneval_canonical_reply, humaneval_to_prompt, score_code
+    from factory.verify.rewards.code import humaneval_canonical_reply, humaneval_to_prompt, score_code
 
     verdicts, times, failures = Counter(), [], []
     for row in rows:
@@ -69,7 +69,7 @@ def ours(rows: list[dict], cfg) -> tuple[Counter, list[float], list[str]]:
 
 
 def broken(rows: list[dict], cfg) -> tuple[Counter, list[str]]:
-    from factory.rewards.code import humaneval_to_prompt, score_code
+    from factory.verify.rewards.code import humaneval_to_prompt, score_code
 
     verdicts, passed = Counter(), []
     for row in rows:
@@ -86,8 +86,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=164)
     ap.add_argument("--timeout", type=float, default=10.0)
     args = ap.parse_args()
-    from factory.rewards.code import CodeConfig
-    from factory.rewards.sandbox import capabilities
+    from factory.verify.rewards.code import CodeConfig
+    from factory.verify.rewards.sandbox import capabilities
 
     rows = [json.loads(line) for line in (BENCH / "humaneval.jsonl").open()][: args.limit]
     cfg = CodeConfig(case_timeout_s=args.timeout)

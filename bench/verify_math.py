@@ -106,7 +106,7 @@ def make_traces(n_prompts: int, target_tokens: int, seed: int = 0,
 
 
 def run_ours(traces: list[dict]) -> list[str]:
-    from factory.verify import score_record
+    from factory.verify.verdicts import score_record
 
     return [score_record(t)["accuracy_verdict"] for t in traces]
 
@@ -145,7 +145,7 @@ def main() -> None:
     warm, _ = make_traces(10, 500, seed=args.seed + 1)
     run_ours(warm)
     run_baseline(warm)
-    from factory.rewards import math as rmath
+    from factory.verify.rewards import math as rmath
 
     rmath._parse_boxed.cache_clear()  # no answer of the timed run is cached from the warm-up
 

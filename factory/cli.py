@@ -31,10 +31,10 @@ def _out(cfg, out: Path | None) -> Path:
 
 def _guard(fn, *args, **kwargs):
     """Run a stage; known user errors print one clear message and exit 1 instead of a traceback."""
-    from factory.schema import SchemaError
-    from factory.shards import StageConfigChanged
-    from factory.sources import SourceError
-    from factory.teachers import TeacherError
+    from factory.core.schema import SchemaError
+    from factory.core.shards import StageConfigChanged
+    from factory.generate.sources import SourceError
+    from factory.generate.teachers import TeacherError
 
     try:
         return fn(*args, **kwargs)
@@ -57,7 +57,7 @@ def run(pipeline: Annotated[Path, typer.Argument(help="pipeline YAML, e.g. pipel
 @app.command()
 def generate(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
     """Prompts → k teacher traces per prompt (DIR/generate/)."""
-    from factory.stages.generate import run_generate
+    from factory.generate.stage import run_generate
 
     cfg = _load(config, set_)
     _guard(run_generate, cfg, _out(cfg, out), new_run=new_run)
@@ -66,7 +66,7 @@ def generate(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run
 @app.command()
 def verify(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
     """Traces → rule-based rewards (math, code in a sandbox, choice, format) and rejection sampling (DIR/verify/)."""
-    from factory.stages.verify import run_verify
+    from factory.verify.stage import run_verify
 
     cfg = _load(config, set_)
     _guard(run_verify, cfg, _out(cfg, out), new_run=new_run)
@@ -75,7 +75,7 @@ def verify(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: 
 @app.command()
 def curate(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
     """Verdicts → selection, truncation, language, readability, repetition, decontam, dedupe (DIR/curate/)."""
-    from factory.stages.curate import run_curate
+    from factory.curate.stage import run_curate
 
     cfg = _load(config, set_)
     _guard(run_curate, cfg, _out(cfg, out), new_run=new_run)
@@ -85,7 +85,7 @@ def curate(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: 
 def sft(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
     """Curated messages → a LoRA or fully fine-tuned student (DIR/sft/); resumes from its last checkpoint.
 
-    Multi-GPU: accelerate launch --config_file pipelines/accelerate/fsdp2_2gpu.yaml -m factory.stages.sft ..."""
+    Multi-GPU: accelerate launch --config_file pipelines/accelerate/fsdp2_2gpu.yaml -m factory.train.stage ..."""
     from factory.pipeline import run_sft_stage
 
     cfg = _load(config, set_)
@@ -95,7 +95,7 @@ def sft(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: New
 @app.command(name="eval")
 def eval_(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
     """Models × benchmarks, k samples each: pass@1 ± SE, cons@k, length, truncation (DIR/eval/)."""
-    from factory.stages.eval import run_eval
+    from factory.eval.stage import run_eval
 
     cfg = _load(config, set_)
     _guard(run_eval, cfg, _out(cfg, out), new_run=new_run)
@@ -107,7 +107,7 @@ def publish(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None,
             private: Annotated[Optional[bool], typer.Option("--private/--public", help="repo visibility")] = None,
             dry_run: Annotated[bool, typer.Option("--dry-run", help="build the folders, print the plan, upload nothing")] = False):
     """Curated dataset (and trained student) → Hub repos with cards (DIR/publish/)."""
-    from factory.stages.publish import run_publish
+    from factory.publish.stage import run_publish
 
     cfg = _load(config, set_)
     _guard(run_publish, cfg.publish, _out(cfg, out), repo_id=repo_id, private=private, dry_run=dry_run)
@@ -116,7 +116,7 @@ def publish(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None,
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. outputs/demo")]):
     """Write DIR/report.html: funnel, distributions, loss curve and eval table in one self-contained file."""
-    from factory.report import write_report
+    from factory.report.html import write_report
 
     path = _guard(write_report, run_dir)
     typer.echo(f"report: {path}")

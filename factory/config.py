@@ -11,13 +11,13 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from factory.sources import SourceConfig
-from factory.curate import CurateConfig
-from factory.eval_config import EvalConfig
-from factory.stages.publish import PublishConfig
+from factory.generate.sources import SourceConfig
+from factory.curate.filter_pass import CurateConfig
+from factory.eval.config import EvalConfig
+from factory.publish.stage import PublishConfig
 from factory.train.config import SFTConfig
-from factory.verify import VerifyConfig
-from factory.templates import TemplateConfig
+from factory.verify.verdicts import VerifyConfig
+from factory.generate.templates import TemplateConfig
 
 STAGES = ("generate", "verify", "curate", "sft", "eval", "publish", "report")
 

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from factory.config import PipelineConfig
-from factory.progress import console
-from factory.shards import write_json_atomic
+from factory.core.progress import console
+from factory.core.shards import write_json_atomic
 
 StageFn = Callable[..., dict]
 
@@ -22,13 +22,13 @@ def run_sft_stage(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False) 
 
     import yaml
 
-    from factory.stages.sft import run_sft
+    from factory.train.stage import run_sft
 
     if cfg.sft is None:
         raise ValueError("the pipeline has no `sft:` block")
     sft = cfg.sft
     if sft.student == "embedded":
-        from factory.embedded import embedded_model_dir
+        from factory.core.embedded import embedded_model_dir
 
         sft = sft.model_copy(update={"student": str(embedded_model_dir())})
     sft_dir = Path(out_dir) / "sft"
@@ -46,12 +46,12 @@ def run_sft_stage(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False) 
 
 def stage_functions() -> dict[str, StageFn]:
     """Each stage as `fn(cfg, out_dir, new_run=...) -> counts`."""
-    from factory.report import write_report
-    from factory.stages.curate import run_curate
-    from factory.stages.eval import run_eval
-    from factory.stages.generate import run_generate
-    from factory.stages.publish import run_publish
-    from factory.stages.verify import run_verify
+    from factory.report.html import write_report
+    from factory.curate.stage import run_curate
+    from factory.eval.stage import run_eval
+    from factory.generate.stage import run_generate
+    from factory.publish.stage import run_publish
+    from factory.verify.stage import run_verify
 
     return {
         "generate": run_generate,
@@ -81,7 +81,7 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False, o
         console.print(f"[green]✓[/] {name} done in {timings[name]:.1f}s")
     write_json_atomic(out_dir / "timings.json", timings)
     if "report" not in stages:
-        from factory.report import write_report
+        from factory.report.html import write_report
 
         console.print(f"report: {write_report(out_dir)}")
     return {"stages": results, "timings_s": timings}

@@ -27,7 +27,7 @@ def benchmarks_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def embedded_dir() -> Path:
-    from factory.embedded import embedded_model_dir
+    from factory.core.embedded import embedded_model_dir
 
     return embedded_model_dir()
 
@@ -36,7 +36,7 @@ def embedded_dir() -> Path:
 def engine(embedded_dir):
     """The session's real vLLM engine on the embedded model; stages take it through their `teacher=` argument."""
     from factory.config import VLLMTeacherConfig
-    from factory.teachers.vllm_offline import VLLMTeacher
+    from factory.generate.teachers.vllm_offline import VLLMTeacher
 
     teacher = VLLMTeacher(VLLMTeacherConfig(model=str(embedded_dir), max_model_len=1024, kv_cache_gib=1), seed=0)
     yield teacher
@@ -45,8 +45,8 @@ def engine(embedded_dir):
 
 @pytest.fixture(autouse=True)
 def _fresh_schema_cache():
-    """Some tests point factory.schema at stand-in schema files; never let a cached stand-in leak to the next."""
+    """Some tests point factory.core.schema at stand-in schema files; never let a cached stand-in leak to the next."""
     yield
-    from factory.schema import load_schema
+    from factory.core.schema import load_schema
 
     load_schema.cache_clear()

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from factory.shards import write_json_atomic, write_text_atomic  # noqa: F401  (re-exported: one atomic writer)
+from factory.core.shards import write_json_atomic, write_text_atomic  # noqa: F401  (re-exported: one atomic writer)
 
 
 class PublishError(ValueError):

@@ -34,7 +34,7 @@ from factory.publish.common import (
     staged_dir,
     write_text_atomic,
 )
-from factory.schema import META_NAME, META_VERSION, Schema, SchemaError, check_shard_schema
+from factory.core.schema import META_NAME, META_VERSION, Schema, SchemaError, check_shard_schema
 
 ALL = "all"
 REJECTED = "rejected"

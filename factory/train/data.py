@@ -98,7 +98,7 @@ def read_conversations(path: str | Path, column: str = "messages") -> list[Conve
 
 
 def _jsonl_items(file: Path, column: str) -> Iterable[tuple[str, object]]:
-    from factory.jsonl import iter_jsonl
+    from factory.core.jsonl import iter_jsonl
 
     for lineno, record in iter_jsonl(file, SFTDataError):
         if column not in record:

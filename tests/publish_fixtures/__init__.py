@@ -7,14 +7,14 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-import factory.schema as fschema
+import factory.core.schema as fschema
 
 HERE = Path(__file__).resolve().parent
 FAKE_TOKEN = "hf_" + "FAKEfixtureTOKEN" + "0123456789abcdefXYZ"  # assembled: no token-shaped literal in the repo
 
 
 def use_fixture_schemas(monkeypatch, tmp_path: Path) -> None:
-    """Point factory.schema at the repo's schemas plus the stand-ins here (curated, curated_rejected)."""
+    """Point factory.core.schema at the repo's schemas plus the stand-ins here (curated, curated_rejected)."""
     folder = tmp_path / "schemas"
     folder.mkdir()
     for path in fschema.schema_dir().glob("*.yaml"):

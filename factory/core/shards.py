@@ -1,0 +1,314 @@
+"""The one shard runner: atomic Parquet shards, an exactly-once ledger, resume, a worker pool and progress.
+
+A stage's output folder holds:
+- `part-NNNNN.parquet`: the output of work unit N, written to a temp file and renamed into place (the rename is the
+  commit; a reader never sees half a shard);
+- `rejected/part-NNNNN.parquet`: the records unit N dropped, with their reasons (renamed before the part);
+- `ledger.jsonl`: one line per committed unit with its (prompt_id, sample_idx) keys and drop counts; a unit whose
+  part exists but whose ledger line was lost in a crash is re-entered from the part itself on the next start;
+- `manifest.json`: the stage, its schema, the fingerprint of everything that decides the output, and the plan;
+  a rerun whose fingerprint differs is refused (`StageConfigChanged`) unless told to start a new run;
+- `counts.json`: records in/out and drops by reason, written when every unit is committed.
+
+Work units are planned deterministically from the input, so a rerun after `kill -9` at any moment skips the
+committed units and redoes the rest: no record lost, none doubled.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from factory.core.progress import stage_progress
+from factory.core.schema import Schema, SchemaError, check_shard_schema
+
+PART = "part-{:05d}.parquet"
+
+
+class StageConfigChanged(RuntimeError):
+    """The stage folder was written with a different configuration or input."""
+
+
+@dataclass
+class ShardResult:
+    """What one work unit produced: output rows, rejected rows (with reasons) and drop counts by reason."""
+
+    rows: list[dict]
+    rejected: list[dict] = field(default_factory=list)
+    dropped: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def fingerprint(obj: Any) -> str:
+    """Stable hash of a JSON-able object (config, input description)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    _fsync_write(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file (UTF-8) so that it either exists whole or not at all; creates the parent folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _fsync_write(path, text.encode("utf-8"))
+
+
+def write_parquet_tmp(table: pa.Table, path: Path, suffix: str | None = None) -> Path:
+    """Write `table` to a synced temp file beside `path` (rename it into place to commit). An empty table gets no
+    row group: one of 0 rows makes `datasets.load_dataset("parquet")` fail ("BatchSize must be > 0")."""
+    tmp = path.with_name(f".{path.name}.tmp-{suffix or os.getpid()}")
+    if table.num_rows:
+        pq.write_table(table, tmp, compression="zstd")
+    else:
+        pq.ParquetWriter(tmp, table.schema, compression="zstd").close()
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    return tmp
+
+
+def write_table_atomic(path: Path, table: pa.Table) -> None:
+    """Write a Parquet file so that it either exists whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(write_parquet_tmp(table, path), path)
+
+
+class StageDir:
+    """One stage's output folder: parts, rejected parts, ledger, manifest and counts."""
+
+    def __init__(self, path: Path, stage: str, schema: Schema, rejected_schema: Schema | None = None,
+                 key_columns: tuple[str, ...] = ("prompt_id", "sample_idx")):
+        self.key_columns = key_columns
+        self.path = Path(path)
+        self.stage = stage
+        self.schema = schema
+        self.rejected_schema = rejected_schema
+        self.ledger_path = self.path / "ledger.jsonl"
+        self.manifest_path = self.path / "manifest.json"
+        self.counts_path = self.path / "counts.json"
+
+    # -- set-up ---------------------------------------------------------------------------------------------
+    def prepare(self, fp: str, config: dict, plan: dict, new_run: bool = False) -> None:
+        """Create the folder, or check an existing one was made by the same configuration and input."""
+        if new_run and self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        for tmp in list(self.path.glob(".*.tmp-*")) + list(self.path.glob("rejected/.*.tmp-*")):
+            tmp.unlink(missing_ok=True)
+        if self.manifest_path.exists():
+            old = json.loads(self.manifest_path.read_text())
+            if old.get("fingerprint") != fp:
+                changed = _diff_keys(old.get("config", {}), config)
+                if old.get("plan") != plan:
+                    changed.append("input/plan")
+                raise StageConfigChanged(
+                    f"{self.path} was written by a different configuration or input (changed: "
+                    f"{', '.join(changed) or 'fingerprint'}). Rerun with --new-run to start this stage afresh, "
+                    f"or choose another --out folder.")
+            return
+        write_json_atomic(self.manifest_path, {
+            "stage": self.stage, "schema": self.schema.name, "schema_version": self.schema.version,
+            "fingerprint": fp, "config": config, "plan": plan, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })
+        self.counts_path.unlink(missing_ok=True)
+
+    # -- ledger ---------------------------------------------------------------------------------------------
+    def ledger(self) -> dict[int, dict]:
+        """Committed units. Lines cut short by a crash are ignored; parts without a line are recovered."""
+        entries: dict[int, dict] = {}
+        if self.ledger_path.exists():
+            for line in self.ledger_path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a torn last line: its part (if renamed) is recovered below
+                entries[entry["unit"]] = entry
+        for part in sorted(self.path.glob("part-*.parquet")):
+            unit = int(part.stem.split("-")[1])
+            if unit not in entries:
+                entry = self._entry_from_part(unit, part)
+                self._append_ledger(entry)
+                entries[unit] = entry
+        return entries
+
+    def _entry_from_part(self, unit: int, part: Path) -> dict:
+        table = pq.read_table(part, columns=[c for c in self.key_columns if c in self.schema.names])
+        rejected_path = self.path / "rejected" / PART.format(unit)
+        rejected = pq.read_metadata(rejected_path).num_rows if rejected_path.exists() else 0
+        meta = pq.read_schema(part).metadata or {}
+        dropped = json.loads(meta.get(b"factory.dropped", b"{}"))
+        return {"unit": unit, "part": part.name, "rows": table.num_rows, "rejected": rejected,
+                "dropped": dropped, "keys": _keys(table.to_pylist(), self.key_columns), "recovered": True}
+
+    def _append_ledger(self, entry: dict) -> None:
+        with open(self.ledger_path, "a") as fh:
+            fh.write(json.dumps(entry) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    # -- commit ---------------------------------------------------------------------------------------------
+    def write_unit_files(self, unit: int, result: ShardResult, tmp_suffix: str) -> tuple[Path, Path | None]:
+        """Write a unit's part (and rejected part) to temp files; `commit` renames them into place."""
+        table = self.schema.table(result.rows)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
+                                               b"factory.dropped": json.dumps(result.dropped).encode()})
+        part_tmp = write_parquet_tmp(table, self.path / PART.format(unit), tmp_suffix)
+        rej_tmp = None
+        if result.rejected:
+            rej_schema = self.rejected_schema or self.schema
+            (self.path / "rejected").mkdir(exist_ok=True)
+            rej_tmp = write_parquet_tmp(rej_schema.table(result.rejected), self.path / "rejected" / PART.format(unit),
+                                        tmp_suffix)
+        return part_tmp, rej_tmp
+
+    def commit(self, unit: int, part_tmp: Path, rej_tmp: Path | None, entry: dict) -> None:
+        if rej_tmp is not None:
+            os.replace(rej_tmp, self.path / "rejected" / PART.format(unit))
+        os.replace(part_tmp, self.path / PART.format(unit))
+        self._append_ledger(entry)
+
+    def commit_result(self, unit: int, result: ShardResult) -> dict:
+        part_tmp, rej_tmp = self.write_unit_files(unit, result, str(os.getpid()))
+        entry = _ledger_entry(unit, result, self.key_columns)
+        self.commit(unit, part_tmp, rej_tmp, entry)
+        return entry
+
+    # -- finish ---------------------------------------------------------------------------------------------
+    def finalize(self, records_in: int, extra: dict | None = None) -> dict:
+        entries = self.ledger()
+        dropped: Counter = Counter()
+        for e in entries.values():
+            dropped.update(e.get("dropped", {}))
+        keys = [tuple(k) for e in entries.values() for k in e.get("keys", [])]
+        if len(keys) != len(set(keys)):
+            raise RuntimeError(f"{self.path}: duplicated {self.key_columns} keys across parts")
+        counts = {"stage": self.stage, "records_in": records_in,
+                  "records_out": sum(e["rows"] for e in entries.values()),
+                  "rejected": sum(e.get("rejected", 0) for e in entries.values()),
+                  "dropped": dict(sorted(dropped.items())), "units": len(entries), "extra": extra or {}}
+        write_json_atomic(self.counts_path, counts)
+        return counts
+
+    def is_complete(self) -> bool:
+        return self.counts_path.exists()
+
+
+def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in sorted(set(old) | set(new)):
+            out += _diff_keys(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
+def _keys(rows: Iterable[dict], columns: Sequence[str] = ("prompt_id", "sample_idx")) -> list[list]:
+    return [[r[c] for c in columns] for r in rows if all(c in r for c in columns)]
+
+
+def _ledger_entry(unit: int, result: ShardResult, columns: Sequence[str] = ("prompt_id", "sample_idx")) -> dict:
+    return {"unit": unit, "part": PART.format(unit), "rows": len(result.rows), "rejected": len(result.rejected),
+            "dropped": result.dropped, "keys": _keys(result.rows, columns), "stats": result.stats}
+
+
+# -- reading ------------------------------------------------------------------------------------------------
+def list_parts(stage_path: Path) -> list[Path]:
+    stage_path = Path(stage_path)
+    if not stage_path.is_dir():
+        raise FileNotFoundError(f"{stage_path}: no such stage folder (run the stage that writes it first)")
+    return sorted(stage_path.glob("part-*.parquet"))
+
+
+def read_part(path: Path, expected_schema: str | None = None, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read one shard, refusing shards of an unknown schema or version."""
+    check_shard_schema(path, pq.read_schema(path), expected_schema)
+    return pq.read_table(path, columns=list(columns) if columns else None)
+
+
+def require_complete(stage_path: Path) -> None:
+    if not (Path(stage_path) / "counts.json").exists():
+        raise RuntimeError(f"{stage_path}: the stage has not finished (no counts.json); rerun it to complete it")
+
+
+# -- running ------------------------------------------------------------------------------------------------
+def _run_map_unit(fn: Callable[[list[dict]], ShardResult], in_part: str, in_schema: str | None,
+                  stage: StageDir, unit: int) -> tuple[int, str, str | None, dict]:
+    """Worker side of `run_map_stage`: read an input part, apply `fn`, write the unit's temp files."""
+    rows = read_part(Path(in_part), in_schema).to_pylist()
+    result = fn(rows)
+    part_tmp, rej_tmp = stage.write_unit_files(unit, result, f"{os.getpid()}-{unit}")
+    return unit, str(part_tmp), str(rej_tmp) if rej_tmp else None, _ledger_entry(unit, result, stage.key_columns)
+
+
+def run_map_stage(*, name: str, in_dir: Path, out_dir: Path, out_schema: Schema, fn: Callable[[list[dict]], ShardResult],
+                  config: dict, in_schema: str | None = None, rejected_schema: Schema | None = None,
+                  workers: int = 1, new_run: bool = False, extra: dict | None = None) -> dict:
+    """Apply `fn` to every input part (unit i = input part i), in `workers` processes, committing each atomically.
+
+    `fn` must be picklable (a module-level function or a functools.partial of one) when workers > 1.
+    """
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    require_complete(in_dir)
+    parts = list_parts(in_dir)
+    in_manifest = json.loads((in_dir / "manifest.json").read_text()) if (in_dir / "manifest.json").exists() else {}
+    plan = {"input": str(in_dir.name), "input_fingerprint": in_manifest.get("fingerprint"),
+            "input_parts": [p.name for p in parts]}
+    stage = StageDir(out_dir, name, out_schema, rejected_schema)
+    stage.prepare(fingerprint({"config": config, "plan": plan}), config, plan, new_run)
+    done = stage.ledger()
+    units = {int(p.stem.split("-")[1]): p for p in parts}
+    pending = [u for u in sorted(units) if u not in done]
+    records_in = sum(pq.read_metadata(p).num_rows for p in parts)
+    with stage_progress(name, total_units=len(units), done_units=len(done)) as progress:
+        if workers <= 1 or len(pending) <= 1:
+            for u in pending:
+                unit, part_tmp, rej_tmp, entry = _run_map_unit(fn, str(units[u]), in_schema, stage, u)
+                stage.commit(unit, Path(part_tmp), Path(rej_tmp) if rej_tmp else None, entry)
+                progress.advance(rows=entry["rows"])
+        else:
+            ctx = mp.get_context("spawn")  # never fork a process that may hold an inference engine
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                queue = list(pending)
+                running = set()
+                while queue or running:
+                    while queue and len(running) < 2 * workers:
+                        u = queue.pop(0)
+                        running.add(pool.submit(_run_map_unit, fn, str(units[u]), in_schema, stage, u))
+                    finished, running = wait(running, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        unit, part_tmp, rej_tmp, entry = fut.result()
+                        stage.commit(unit, Path(part_tmp), Path(rej_tmp) if rej_tmp else None, entry)
+                        progress.advance(rows=entry["rows"])
+    return stage.finalize(records_in, extra)
+
+
+def iter_stage_rows(stage_path: Path, expected_schema: str | None = None,
+                    columns: Sequence[str] | None = None) -> Iterator[dict]:
+    """Stream the rows of a finished stage, part by part."""
+    for part in list_parts(stage_path):
+        yield from read_part(part, expected_schema, columns).to_pylist()
+
+
+__all__ = ["ShardResult", "StageDir", "StageConfigChanged", "SchemaError", "fingerprint", "iter_stage_rows",
+           "list_parts", "read_part", "require_complete", "run_map_stage", "write_json_atomic", "write_table_atomic"]

@@ -1,0 +1,242 @@
+"""Prompt ingestion: JSONL, Parquet, CSV, a local `datasets` folder, a Hub dataset id, or the built-in arithmetic
+generator, each mapped onto the prompt schema through a column mapping."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from factory.core.jsonl import iter_jsonl
+
+DOMAINS = ("math", "code", "science", "general")
+PROMPT_FIELDS = ("prompt_id", "source", "domain", "problem", "answer", "tests", "language", "metadata")
+
+
+class SourceError(ValueError):
+    """A prompt source is missing, malformed or maps onto the prompt schema wrongly."""
+
+
+class _SourceBase(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    columns: dict[str, str] = Field(default_factory=dict,
+                                    description="prompt field -> the source's column, e.g. {problem: question}")
+    domain: Literal["math", "code", "science", "general"] = "math"
+    language: str | None = "en"
+    source: str | None = Field(None, description="name recorded in `source`; default: file name or dataset id")
+    limit: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _check_columns(self):
+        unknown = set(self.columns) - set(PROMPT_FIELDS)
+        if unknown:
+            raise ValueError(f"columns: unknown prompt fields {sorted(unknown)} (known: {list(PROMPT_FIELDS)})")
+        return self
+
+
+class FileSource(_SourceBase):
+    kind: Literal["jsonl", "parquet", "csv", "disk"]
+    path: Path
+    split: str | None = Field(None, description="for a saved DatasetDict folder (kind: disk)")
+
+
+class HubSource(_SourceBase):
+    kind: Literal["hub"]
+    dataset: str = Field(description="Hub dataset id, or a local folder/script `datasets.load_dataset` accepts")
+    name: str | None = None
+    split: str = "train"
+    data_files: str | list[str] | None = None
+
+
+class ArithmeticSource(_SourceBase):
+    """Small arithmetic word problems with exact answers: the offline demo's verifiable prompts."""
+
+    kind: Literal["arithmetic"]
+    n: int = Field(64, ge=1)
+    seed: int = 0
+    max_operand: int = Field(20, ge=2)
+    ops: list[Literal["add", "sub", "mul"]] = Field(default_factory=lambda: ["add"])
+    split: Literal["train", "heldout"] = Field("train", description="disjoint problem sets for training and eval")
+    heldout_fraction: float = Field(0.25, gt=0, lt=1)
+
+
+SourceConfig = Annotated[FileSource | HubSource | ArithmeticSource, Field(discriminator="kind")]
+
+
+def stable_prompt_id(source: str, problem: str) -> str:
+    return hashlib.sha1(f"{source}\n{problem}".encode()).hexdigest()[:16]
+
+
+# -- readers ------------------------------------------------------------------------------------------------
+def _read_jsonl(path: Path) -> Iterator[tuple[str, dict]]:
+    for lineno, row in iter_jsonl(path, SourceError):
+        yield f"{path}:{lineno}", row
+
+
+def _read_csv(path: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            for lineno, row in enumerate(csv.DictReader(fh), 2):
+                yield f"{path}:{lineno}", row
+    except UnicodeDecodeError as exc:
+        raise SourceError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, dict]]:
+    import pyarrow.parquet as pq
+
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    for file in files:
+        pf = pq.ParquetFile(file)
+        index = 0
+        for batch in pf.iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                yield f"{file}: row {index}", row
+                index += 1
+
+
+def _read_datasets(ds, label: str) -> Iterator[tuple[str, dict]]:
+    for index, row in enumerate(ds):
+        yield f"{label}: row {index}", row
+
+
+def _rows(cfg: FileSource | HubSource) -> Iterator[tuple[str, dict]]:
+    if isinstance(cfg, HubSource):
+        import datasets
+
+        try:
+            ds = datasets.load_dataset(cfg.dataset, cfg.name, split=cfg.split, data_files=cfg.data_files)
+        except Exception as exc:  # datasets raises many types; the message is what the user needs
+            raise SourceError(f"dataset {cfg.dataset!r} (split {cfg.split!r}) could not be loaded: {exc}") from exc
+        return _read_datasets(ds, cfg.dataset)
+    path = cfg.path
+    if not path.exists():
+        raise SourceError(f"{path}: no such file or folder")
+    if cfg.kind == "jsonl":
+        return _read_jsonl(path)
+    if cfg.kind == "csv":
+        return _read_csv(path)
+    if cfg.kind == "parquet":
+        return _read_parquet(path)
+    import datasets
+
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if cfg.split is None:
+            raise SourceError(f"{path}: a DatasetDict with splits {list(ds)}; set `split`")
+        ds = ds[cfg.split]
+    return _read_datasets(ds, str(path))
+
+
+def _to_text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return str(value)
+
+
+def _map_row(where: str, row: dict, cfg: FileSource | HubSource, source_name: str) -> dict:
+    def column(field: str, required: bool = False):
+        col = cfg.columns.get(field, field)
+        if col not in row:
+            if required or field in cfg.columns:
+                raise SourceError(f"{where}: missing column {col!r} (mapped to prompt field {field!r}); "
+                                  f"columns present: {sorted(row)}")
+            return None
+        return row[col]
+
+    problem = column("problem", required=True)
+    if not isinstance(problem, str) or not problem.strip():
+        raise SourceError(f"{where}: empty or non-text problem")
+    domain = column("domain") or cfg.domain
+    if domain not in DOMAINS:
+        raise SourceError(f"{where}: domain {domain!r} is not one of {DOMAINS}")
+    metadata = column("metadata")
+    source = _to_text(column("source")) or source_name
+    return {
+        "prompt_id": _to_text(column("prompt_id")) or stable_prompt_id(source, problem),
+        "source": source,
+        "domain": domain,
+        "problem": problem,
+        "answer": _to_text(column("answer")),
+        "tests": _to_text(column("tests")),
+        "language": _to_text(column("language")) or cfg.language,
+        "metadata": _to_text(metadata) if metadata is not None else None,
+    }
+
+
+# -- the arithmetic generator -------------------------------------------------------------------------------
+_STORIES = {
+    "add": ["{name} has {a} {thing}. {pronoun} gets {b} more. How many {thing} does {name} have now?",
+            "What is {a} + {b}?",
+            "A box holds {a} {thing} and another holds {b}. How many {thing} are there in all?"],
+    "sub": ["{name} has {a} {thing} and gives away {b}. How many {thing} are left?",
+            "What is {a} - {b}?"],
+    "mul": ["{name} buys {a} bags with {b} {thing} in each. How many {thing} does {name} buy?",
+            "What is {a} \\times {b}?"],
+}
+_NAMES = [("Tom", "He"), ("Ana", "She"), ("Lee", "He"), ("Mia", "She"), ("Sam", "He"), ("Zoe", "She")]
+_THINGS = ["apples", "marbles", "books", "coins", "stickers", "pencils"]
+
+
+def arithmetic_problems(cfg: ArithmeticSource) -> list[dict]:
+    """Deterministic problems; `train` and `heldout` splits never share an (operation, a, b) triple."""
+    rng = random.Random(cfg.seed)
+    chosen: dict[tuple, dict] = {}
+    space = len(cfg.ops) * cfg.max_operand ** 2
+    if cfg.n > space * (cfg.heldout_fraction if cfg.split == "heldout" else 1 - cfg.heldout_fraction) * 0.9:
+        raise SourceError(f"arithmetic: n={cfg.n} is too many distinct problems for max_operand={cfg.max_operand}")
+    while len(chosen) < cfg.n:
+        op = rng.choice(cfg.ops)
+        a, b = rng.randint(1, cfg.max_operand), rng.randint(1, cfg.max_operand)
+        if op == "sub" and b > a:
+            a, b = b, a
+        triple = (op, a, b)
+        bucket = int(hashlib.sha1(repr(triple).encode()).hexdigest(), 16) % 1000 / 1000
+        if (bucket < cfg.heldout_fraction) != (cfg.split == "heldout") or triple in chosen:
+            continue
+        name, pronoun = rng.choice(_NAMES)
+        problem = rng.choice(_STORIES[op]).format(name=name, pronoun=pronoun, thing=rng.choice(_THINGS), a=a, b=b)
+        answer = {"add": a + b, "sub": a - b, "mul": a * b}[op]
+        source = cfg.source or f"arithmetic-{cfg.split}"
+        chosen[triple] = {"prompt_id": f"{source}-{op}-{a}-{b}", "source": source, "domain": "math",
+                          "problem": problem, "answer": str(answer), "tests": None, "language": cfg.language,
+                          "metadata": json.dumps({"op": op, "a": a, "b": b})}
+    return list(chosen.values())
+
+
+# -- entry point --------------------------------------------------------------------------------------------
+def load_source(cfg: SourceConfig) -> list[dict]:
+    if isinstance(cfg, ArithmeticSource):
+        return arithmetic_problems(cfg)
+    name = cfg.source or (cfg.dataset if isinstance(cfg, HubSource) else cfg.path.name)
+    out = []
+    for where, row in _rows(cfg):
+        out.append(_map_row(where, row, cfg, name))
+        if cfg.limit and len(out) >= cfg.limit:
+            break
+    return out
+
+
+def load_prompts(sources: list[SourceConfig]) -> list[dict]:
+    """All prompts of all sources, in order; an empty set or a duplicated prompt_id is an error."""
+    prompts: list[dict] = []
+    for cfg in sources:
+        prompts.extend(load_source(cfg))
+    if not prompts:
+        raise SourceError("the prompt set is empty")
+    seen: dict[str, int] = {}
+    dupes = []
+    for i, p in enumerate(prompts):
+        if p["prompt_id"] in seen:
+            dupes.append(f"{p['prompt_id']!r} (prompts {seen[p['prompt_id']]} and {i})")
+        seen.setdefault(p["prompt_id"], i)
+    if dupes:
+        raise SourceError(f"duplicate prompt ids: {', '.join(dupes[:5])}" + (" …" if len(dupes) > 5 else ""))
+    return prompts

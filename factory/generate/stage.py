@@ -1,0 +1,147 @@
+"""`factory generate`: prompts → k teacher samples per prompt → `DIR/generate/part-NNNNN.parquet` (trace schema)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from factory.config import OpenAITeacherConfig, PipelineConfig, SamplingConfig, dump_config
+from factory.core.progress import console, stage_progress
+from factory.core.schema import load_schema
+from factory.core.shards import ShardResult, StageDir, fingerprint
+from factory.generate.sources import load_prompts
+from factory.generate.teachers import GenRequest, GenResult, Teacher, make_teacher
+from factory.generate.templates import (TemplateConfig, chat_messages, render_chat, render_jinja, render_r1_zero,
+                               split_think)
+
+STAGE = "generate"
+
+
+def build_request(prompt: dict, t: TemplateConfig, tokenizer, chat_api: bool = False) -> tuple[GenRequest, str]:
+    """The request for one prompt and the prompt text as recorded (for the chat API: the messages as JSON)."""
+    if chat_api:
+        if t.kind != "chat":
+            raise ValueError(f"template.kind={t.kind} needs teacher.api=completions (the chat API templates itself)")
+        messages = chat_messages(prompt, t.instructions, t.system, t.fewshot)
+        return GenRequest(key=prompt["prompt_id"], messages=messages, prefill=t.prefill), json.dumps(
+            messages + ([{"role": "assistant", "content": t.prefill}] if t.prefill else []), ensure_ascii=False)
+    if t.kind == "chat":
+        text = render_chat(prompt, t.instructions, tokenizer, t.prefill, t.system, t.fewshot)
+    elif t.kind == "r1_zero":
+        text = render_r1_zero(prompt, t.instructions) + t.prefill
+    else:
+        source = t.jinja if t.jinja is not None else Path(t.jinja_file).read_text() if t.jinja_file else None
+        if source is None:
+            raise ValueError("template.kind=jinja needs template.jinja or template.jinja_file")
+        text = render_jinja(prompt, t.instructions, source) + t.prefill
+    return GenRequest(key=prompt["prompt_id"], prompt=text, prefill=t.prefill), text
+
+
+def uses_chat_api(cfg: PipelineConfig) -> bool:
+    return isinstance(cfg.teacher, OpenAITeacherConfig) and cfg.teacher.api == "chat"
+
+
+def trace_rows(prompt: dict, prompt_text: str, result: GenResult, template: TemplateConfig, sampling_cfg: SamplingConfig,
+               teacher_id: str) -> list[dict]:
+    sampling = json.dumps(dump_config(sampling_cfg), sort_keys=True)
+    rows = []
+    for idx, s in enumerate(result.samples):
+        if s.reasoning is not None:  # the server split the reasoning off: restore the <think> form
+            completion = f"<think>\n{s.reasoning}\n</think>\n\n{s.text}"
+        else:
+            completion = template.prefill + s.text
+        split = split_think(completion)
+        rows.append({**prompt, "sample_idx": idx, "teacher": teacher_id, "sampling": sampling,
+                     "template": template.kind, "prompt_text": prompt_text, "completion": completion,
+                     "reasoning": split.reasoning, "answer_text": split.answer_text,
+                     "think_closed": split.think_closed, "finish_reason": s.finish_reason,
+                     "prompt_tokens": result.prompt_tokens, "completion_tokens": s.completion_tokens,
+                     "latency_s": result.latency_s, "error": s.error})
+    return rows
+
+
+def generate_fingerprint(cfg: PipelineConfig) -> dict:
+    """Everything that decides the traces (not the shard size or concurrency, which only decide speed)."""
+    teacher = dump_config(cfg.teacher)
+    for speed_only in ("max_inflight", "concurrency", "timeout_s", "max_retries", "backoff_s", "connect_retries",
+                       "kv_cache_gib", "gpu_memory_utilization", "enforce_eager"):
+        teacher.pop(speed_only, None)
+    return {"teacher": teacher, "sampling": dump_config(cfg.sampling), "template": dump_config(cfg.template)}
+
+
+def run_generate(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False, teacher: Teacher | None = None) -> dict:
+    """Generate traces for every prompt, resuming a stopped run. Pass `teacher` to reuse a started engine."""
+    prompts = load_prompts(cfg.prompts)
+    size = cfg.generate.shard_size
+    units = [prompts[i:i + size] for i in range(0, len(prompts), size)]
+    plan = {"prompts": len(prompts), "shard_size": size,
+            "prompts_fingerprint": fingerprint([(p["prompt_id"], p["problem"], p["answer"]) for p in prompts])}
+    config = generate_fingerprint(cfg)
+    stage = StageDir(Path(out_dir) / STAGE, STAGE, load_schema("trace"))
+    fresh = not stage.manifest_path.exists() or new_run
+    stage.prepare(fingerprint({"config": config, "plan": plan}), config, plan, new_run)
+    done = stage.ledger()
+    pending = [u for u in range(len(units)) if u not in done]
+    if pending:
+        own = teacher is None
+        try:
+            teacher = teacher or make_teacher(cfg.teacher, cfg.sampling)
+        except Exception:
+            if fresh and not done:  # nothing was generated: leave nothing behind
+                shutil.rmtree(stage.path, ignore_errors=True)
+            raise
+        try:
+            _generate_units(stage, units, pending, done, cfg, teacher)
+        finally:
+            if own:
+                teacher.close()
+    counts = stage.finalize(records_in=len(prompts), extra=_extra(stage))
+    console.print(f"[bold]generate[/]: {counts['extra']['prompts_done']} prompts → {counts['records_out']} traces "
+                  f"({counts['extra']['errors']} errors, {counts['extra']['truncated']} truncated) in {stage.path}")
+    return counts
+
+
+def _generate_units(stage: StageDir, units: list[list[dict]], pending: list[int], done: dict, cfg: PipelineConfig,
+                    teacher: Teacher) -> None:
+    tokenizer = teacher.tokenizer()
+    unit_of = {p["prompt_id"]: u for u in pending for p in units[u]}
+    texts: dict[str, str] = {}
+
+    def requests():
+        for u in pending:
+            for p in units[u]:
+                req, text = build_request(p, cfg.template, tokenizer, uses_chat_api(cfg))
+                texts[p["prompt_id"]] = text
+                yield req
+
+    buffers: dict[int, dict[str, GenResult]] = {u: {} for u in pending}
+    with stage_progress(STAGE, total_units=len(units), done_units=len(done)) as progress:
+        for result in teacher.generate(requests(), cfg.sampling):
+            u = unit_of[result.key]
+            buffers[u][result.key] = result
+            if len(buffers[u]) < len(units[u]):
+                continue
+            rows = [r for p in units[u] for r in trace_rows(p, texts.pop(p["prompt_id"]), buffers[u][p["prompt_id"]],
+                                                           cfg.template, cfg.sampling, teacher.model_id)]
+            tokens = sum(r["completion_tokens"] for r in rows)
+            stage.commit_result(u, ShardResult(rows=rows, stats={"completion_tokens": tokens}))
+            del buffers[u]
+            progress.advance(rows=len(rows), tokens=tokens)
+
+
+def _extra(stage: StageDir) -> dict:
+    import pyarrow.compute as pc
+
+    from factory.core.shards import list_parts, read_part
+
+    totals = {"prompts_done": 0, "completion_tokens": 0, "errors": 0, "truncated": 0, "unfinished_think": 0}
+    prompt_ids = set()
+    for part in list_parts(stage.path):
+        t = read_part(part, "trace", ["prompt_id", "completion_tokens", "finish_reason", "think_closed"])
+        prompt_ids.update(t.column("prompt_id").to_pylist())
+        totals["completion_tokens"] += int(pc.sum(t.column("completion_tokens")).as_py() or 0)
+        totals["errors"] += int(pc.sum(pc.equal(t.column("finish_reason"), "error")).as_py() or 0)
+        totals["truncated"] += int(pc.sum(pc.equal(t.column("finish_reason"), "length")).as_py() or 0)
+        totals["unfinished_think"] += int(pc.sum(pc.invert(t.column("think_closed"))).as_py() or 0)
+    totals["prompts_done"] = len(prompt_ids)
+    return totals

@@ -1,0 +1,292 @@
+"""Math accuracy: find the final answer at the end of the reply and compare it with the reference (math-verify).
+
+Pipeline for one sample:
+1. extract (cheap, from the end): the R1-Zero `<answer>` tag when that template was used, else the last `\\boxed{}`
+   of the answer part (adjacent boxes joined), else a configured regex, else "the answer is $…$" in the tail,
+   else math-verify's own extraction over a short tail (for "The final answer is 5.");
+2. normalize (our small layer, below): fixes for forms math-verify gets wrong, each covered by a test;
+3. fast paths that decide without the LaTeX parser: identical after normalization; both exact rationals
+   (integers, fractions, terminating decimals equal as rationals); provably different (`latex_numeric`: numbers,
+   expressions at sample points, tuples, sets, intervals, unions, matrices); both plain words (case-insensitive);
+4. math-verify `parse` + `verify` (gold parsed once per distinct reference and cached).
+Steps 1-4 run under one per-sample deadline (see `timeouts`).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from fractions import Fraction
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from factory.verify.rewards.extract import last_boxed, last_pattern, last_tag, tail
+from factory.verify.rewards.latex_numeric import provably_different
+from factory.verify.rewards.result import RewardResult
+from factory.verify.rewards.timeouts import SampleTimeout, deadline
+
+log = logging.getLogger(__name__)
+
+
+class MathConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    answer_pattern: str | None = Field(None, description="regex whose first group is the answer, tried after \\boxed")
+    pattern_window_chars: int = Field(2000, ge=50, le=100_000, description="tail searched by answer_pattern")
+    fallback_tail_chars: int = Field(600, ge=0, le=20_000,
+                                     description="no box: math-verify extraction over this many final chars (0=off)")
+    join_adjacent_boxes: bool = True
+    timeout_s: float = Field(5.0, gt=0, le=300, description="per-sample deadline for extraction + comparison")
+    float_rounding: int = Field(6, ge=1, le=15)
+    numeric_precision: int = Field(15, ge=1, le=50)
+    allow_set_relation_comp: bool = Field(True, description="(3,4] equals 3 < x \\le 4, either way round")
+
+    @field_validator("answer_pattern")
+    @classmethod
+    def _compiles(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as exc:
+                raise ValueError(f"answer_pattern is not a valid regex: {exc}") from exc
+        return v
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Extraction
+# --------------------------------------------------------------------------------------------------------------
+def extract_answer(answer_text: str, template: str | None, cfg: MathConfig) -> tuple[str | None, str]:
+    """(answer, how it was found) from the answer part of a reply; (None, why) when there is none."""
+    if template == "r1_zero":
+        tagged = last_tag(answer_text, "answer")
+        if tagged is not None:
+            inner = last_boxed(tagged, cfg.join_adjacent_boxes)
+            if inner is not None:
+                return inner, "\\boxed{} inside the last <answer> tag"
+            if tagged.strip():
+                return tagged.strip(), "last <answer> tag"
+    boxed = last_boxed(answer_text, cfg.join_adjacent_boxes)
+    if boxed is not None:
+        return boxed, "last \\boxed{}"
+    if cfg.answer_pattern:
+        found = last_pattern(answer_text, _compiled(cfg.answer_pattern), cfg.pattern_window_chars)
+        if found is not None and found.strip():
+            return found.strip(), "answer_pattern"
+    if cfg.fallback_tail_chars and answer_text.strip():
+        snippet = tail(answer_text, cfg.fallback_tail_chars)
+        found = last_pattern(snippet, _PHRASE, cfg.fallback_tail_chars)
+        if found is not None and found.strip():
+            return found.strip(), "'the answer is $…$' phrase"
+        parsed = _mv_parse_text(snippet)
+        strings = [p for p in parsed if isinstance(p, str)]
+        if strings and strings[-1].strip():
+            return strings[-1].strip(), f"math-verify extraction over the last {cfg.fallback_tail_chars} chars"
+    return None, "no \\boxed{}, <answer> tag or recognisable final answer"
+
+
+_PHRASE = re.compile(r"answer\s*(?:is|:|=)\s*:?\s*\$\$?((?:\\.|[^$\\]){1,300})\$", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.DOTALL)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Normalization layer: each rule exists because math-verify 0.9 gets that form wrong (see tests/test_rewards_math)
+# --------------------------------------------------------------------------------------------------------------
+_UNICODE = {"°": "^\\circ", "−": "-", "–": "-", "×": "\\times", "·": "\\cdot", "÷": "\\div", "≤": "\\le",
+            "≥": "\\ge", "≠": "\\ne", "∞": "\\infty", "π": "\\pi", "√": "\\sqrt", "∪": "\\cup",
+            "∩": "\\cap",
+            "\u00a0": " ", "\u2009": " "}
+_UNICODE_RE = re.compile("|".join(map(re.escape, _UNICODE)))
+_OVERLINE = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{?(\d+)\}?")
+_DELIMS = [("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")]
+_TEXT_WRAP = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_WORDS = re.compile(r"[A-Za-z]{2,}(?:[ '][A-Za-z]{2,})*")
+_BASE = re.compile(r"^([0-9A-Za-z]+)_\{?(\d+)\}?$")
+
+
+def _overline_to_fraction(m: re.Match) -> str:
+    sign, whole, fixed, rep = m.groups()
+    value = Fraction(int(whole or 0)) + Fraction(int(fixed or 0), 10 ** len(fixed)) \
+        + Fraction(int(rep), (10 ** len(rep) - 1) * 10 ** len(fixed))
+    return f"{sign}\\frac{{{value.numerator}}}{{{value.denominator}}}"
+
+
+def normalize(answer: str) -> str:
+    """Clean an extracted answer or a reference before comparison (keeps its meaning)."""
+    s = answer.strip()
+    for left, right in _DELIMS:
+        if s.startswith(left) and s.endswith(right) and len(s) > len(left) + len(right):
+            s = s[len(left):-len(right)].strip()
+            break
+    s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)  # "90°" was not parsed at all
+    s = _OVERLINE.sub(_overline_to_fraction, s)  # "0.\overline{3}" was unparseable
+    s = re.sub(r"(?<=[\w}])\s*(?:\.|\\\.)$", "", s)  # "4." (sentence full stop inside the box) was unparseable
+    return s.strip()
+
+
+def _fast_key(s: str) -> str:
+    """A spelling-insensitive key: equal keys mean equal strings up to spacing and sizing commands."""
+    s = re.sub(r"\\(?:left|right|displaystyle|!|,|;|:)", "", s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = re.sub(r"\s+", " ", s)
+    return re.sub(r" ?([^\w\\ ]) ?", r"\1", s).strip()
+
+
+_INT = re.compile(r"^-?\d+$")
+_DEC = re.compile(r"^-?(\d+\.\d*|\.\d+)$")
+_FRAC = re.compile(r"^(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}$|^(-?)\\frac(\d)(\d)$|^(-?\d+)\s*/\s*(-?\d+)$")
+
+
+def _exact_number(key: str) -> tuple[Fraction, bool] | None:
+    """(value, is_decimal) for integers, simple fractions and terminating decimals; None otherwise."""
+    if _INT.match(key):
+        return Fraction(int(key)), False
+    if _DEC.match(key):
+        return Fraction(key), True
+    m = _FRAC.match(key)
+    if m:
+        if m.group(2) is not None:
+            sign, num, den = m.group(1), m.group(2), m.group(3)
+        elif m.group(5) is not None:
+            sign, num, den = m.group(4), m.group(5), m.group(6)
+        else:
+            sign, num, den = "", m.group(7), m.group(8)
+        if int(den) == 0:
+            return None
+        value = Fraction(int(num), int(den))
+        return (-value if sign else value), False
+    return None
+
+
+def _plain_words(s: str) -> str | None:
+    inner = _TEXT_WRAP.sub(lambda m: m.group(1), s).strip()
+    return inner.casefold() if _WORDS.fullmatch(inner) and not _INT.match(inner) else None
+
+
+def fast_compare(gold: str, pred: str) -> tuple[bool, str] | None:
+    """Decide without the LaTeX parser when that is certain; None to defer to math-verify."""
+    kg, kp = _fast_key(gold), _fast_key(pred)
+    if kg == kp:
+        return True, "identical after normalization"
+    ng, np_ = _exact_number(kg), _exact_number(kp)
+    if ng is not None and np_ is not None:
+        if ng[0] == np_[0]:
+            return True, "equal as exact numbers"
+        if not (ng[1] or np_[1]):  # decimals are compared by math-verify with its rounding rules
+            return False, "different exact numbers"
+    different = provably_different(gold, pred)
+    if different:
+        return False, different
+    wg, wp = _plain_words(gold), _plain_words(pred)
+    if wg is not None and wp is not None:  # math-verify compared plain words case-sensitively ("evelyn")
+        return (wg == wp), ("same words (case-insensitive)" if wg == wp else "different words")
+    bg, bp = _BASE.match(kg), _BASE.match(kp)
+    if bg and bp and bg.group(2) != bp.group(2):  # math-verify drops base subscripts: 52_8 == 52_9 otherwise
+        return False, f"different bases ({bg.group(2)} vs {bp.group(2)})"
+    return None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# math-verify
+# --------------------------------------------------------------------------------------------------------------
+def _silence_math_verify() -> None:
+    # We pass timeouts of None (our own deadline covers the whole sample); math-verify then warns once per process
+    # that timeouts are off. That is intended here, so mark its one-time warnings as already shown.
+    import math_verify.grader
+    import math_verify.parser
+
+    math_verify.parser.TIMEOUT_WARNING_SHOWN = True
+    math_verify.grader.TIMEOUT_WARNING_SHOWN = True
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+@functools.cache
+def _mv():
+    import math_verify
+
+    _silence_math_verify()
+    return math_verify
+
+
+@functools.cache
+def warm_up() -> None:
+    """Import math-verify and build its parser's tables once, outside any per-sample deadline (in a fresh worker
+    process this takes seconds under load, which would otherwise be charged to the first sample as a timeout)."""
+    _mv().parse("\\boxed{\\frac{1}{2}+\\sqrt{2}x}", parsing_timeout=None)
+
+
+def _mv_parse_text(text: str) -> list:
+    mv = _mv()
+    return mv.parse(text, parsing_timeout=None)
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse_boxed(answer: str) -> tuple:
+    """math-verify's parse of one answer, as if it were written `\\boxed{answer}` (cached: k samples repeat)."""
+    return tuple(_mv_parse_text("\\boxed{" + answer + "}"))
+
+
+def _has_math_object(parsed: tuple) -> bool:
+    return any(not isinstance(p, str) for p in parsed)
+
+
+def compare(gold: str, pred: str, cfg: MathConfig) -> tuple[str, str]:
+    """(verdict, reason) for a normalized reference and answer: correct | wrong | unparseable."""
+    fast = fast_compare(gold, pred)
+    if fast is not None:
+        return ("correct" if fast[0] else "wrong"), fast[1]
+    g, p = _parse_boxed(gold), _parse_boxed(pred)
+    if not g:
+        return "unparseable", "the reference answer could not be parsed"
+    if not p:
+        return "unparseable", "the answer could not be parsed"
+    ok = _mv().verify(list(g), list(p), float_rounding=cfg.float_rounding, numeric_precision=cfg.numeric_precision,
+                      allow_set_relation_comp=cfg.allow_set_relation_comp, timeout_seconds=None)
+    if ok:
+        return "correct", "math-verify: equivalent"
+    if not _has_math_object(p) and _has_math_object(g):
+        return "unparseable", "the answer is not valid LaTeX/math (math-verify kept only its text)"
+    return "wrong", "math-verify: not equivalent"
+
+
+def _short(s: str, n: int = 80) -> str:
+    s = s.replace("\n", " ")
+    return s if len(s) <= n else s[:n] + "…"
+
+
+def score_math(answer_text: str, reference: str | None, template: str | None = None,
+               cfg: MathConfig | None = None) -> RewardResult:
+    """Math accuracy of one reply; verdicts: correct|wrong|no_answer|no_reference|unparseable|timeout."""
+    cfg = cfg or MathConfig()
+    warm_up()
+    extracted: str | None = None
+    try:
+        with deadline(cfg.timeout_s):
+            raw, how = extract_answer(answer_text or "", template, cfg)
+            if raw is None:
+                return RewardResult(0.0, "no_answer", how)
+            extracted = normalize(raw)
+            if not extracted:
+                return RewardResult(0.0, "no_answer", f"{how} is empty", extracted=raw)
+            if reference is None or not reference.strip():
+                return RewardResult(0.0, "no_reference", "no reference answer to compare with", extracted)
+            gold = normalize(last_boxed(reference) or reference)
+            verdict, why = compare(gold, extracted, cfg)
+    except SampleTimeout:
+        return RewardResult(0.0, "timeout", f"verification took over {cfg.timeout_s:g} s", extracted)
+    reason = f"{why}: {_short(extracted)!r} vs reference {_short(gold)!r} ({how})"
+    return RewardResult(1.0 if verdict == "correct" else 0.0, verdict, reason, extracted)
+
+
+def answers_equivalent(a: str, b: str, cfg: MathConfig | None = None) -> bool:
+    """Whether two extracted answers are the same (for majority voting); never raises."""
+    cfg = cfg or MathConfig()
+    warm_up()
+    try:
+        with deadline(cfg.timeout_s):
+            return compare(normalize(a), normalize(b), cfg)[0] == "correct"
+    except SampleTimeout:
+        return False

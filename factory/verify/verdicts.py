@@ -1,0 +1,142 @@
+"""Verification: rule-based rewards for every trace of a shard, per-prompt aggregates, rejection sampling.
+
+`verify_shard(records, cfg)` is the pure, picklable per-shard function the shard runner applies (records of one
+input shard in, the same records with the verdict columns of `schemas/verdict.yaml` out; all k samples of a
+prompt are in the same shard). `score_record(record, cfg)` is the per-record part that evaluation reuses for
+pass@1. No I/O here.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from factory.verify.rewards.choice import ChoiceConfig, ExactConfig, letter_of, normalize_exact, score_choice, score_exact
+from factory.verify.rewards.code import CodeConfig, score_code
+from factory.verify.rewards.format import score_format
+from factory.verify.rewards.math import MathConfig, answers_equivalent, score_math
+from factory.verify.rewards.result import RewardResult
+from factory.verify.rewards.sandbox import SandboxUnavailable
+from factory.verify.rewards.timeouts import can_enforce
+from factory.verify.selection import ConsensusConfig, SelectConfig, apply_consensus, majority, pass_rate, select_group
+from factory.core.shards import ShardResult
+
+RewardKind = Literal["math", "code", "choice", "exact", "auto", "none"]
+VERDICT_COLUMNS = ("reward_accuracy", "accuracy_verdict", "accuracy_reason", "extracted_answer", "reward_format",
+                   "format_verdict", "format_reason", "reward_kind", "tests_passed", "tests_total")
+
+
+class VerifyConfig(BaseModel):
+    """The `verify` block of a pipeline YAML."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rewards: dict[str, RewardKind] = Field(
+        default_factory=lambda: {"math": "math", "code": "code", "science": "auto", "general": "auto"},
+        description="accuracy reward per domain; auto = choice when the reference is a letter, else math")
+    math: MathConfig = Field(default_factory=MathConfig)
+    code: CodeConfig = Field(default_factory=CodeConfig)
+    choice: ChoiceConfig = Field(default_factory=ChoiceConfig)
+    exact: ExactConfig = Field(default_factory=ExactConfig)
+    consensus: ConsensusConfig = Field(default_factory=ConsensusConfig)
+    select: SelectConfig = Field(default_factory=SelectConfig)
+    workers: int = Field(1, ge=1, le=256, description="worker processes over shards (speed only)")
+
+
+def reward_kind(record: dict, cfg: VerifyConfig) -> str:
+    kind = cfg.rewards.get(record.get("domain") or "", "none")
+    if kind != "auto":
+        return kind
+    ref = record.get("answer")
+    return "choice" if ref and letter_of(ref, cfg.choice.letters) else "math"
+
+
+def _accuracy(record: dict, kind: str, cfg: VerifyConfig) -> RewardResult:
+    answer_text = record.get("answer_text") or ""
+    template = record.get("template")
+    if record.get("finish_reason") == "error":
+        return RewardResult(0.0, "no_code" if kind == "code" else "no_answer",
+                            f"generation failed: {record.get('error') or 'unknown error'}")
+    if not answer_text.strip() and not record.get("think_closed", True):
+        return RewardResult(0.0, "no_code" if kind == "code" else "no_answer",
+                            f"unfinished trace (finish_reason={record.get('finish_reason')}): no </think>, no answer")
+    if kind == "math":
+        return score_math(answer_text, record.get("answer"), template, cfg.math)
+    if kind == "code":
+        return score_code(answer_text, record.get("tests"), cfg.code)
+    if kind == "choice":
+        return score_choice(answer_text, record.get("answer"), template, cfg.choice)
+    if kind == "exact":
+        return score_exact(answer_text, record.get("answer"), template, cfg.exact)
+    return RewardResult(0.0, "no_reference", f"no accuracy reward configured for domain {record.get('domain')!r}")
+
+
+def score_record(record: dict, cfg: VerifyConfig | None = None) -> dict:
+    """Accuracy and format rewards of one trace record, as the verdict columns (no per-prompt aggregates)."""
+    cfg = cfg or VerifyConfig()
+    kind = reward_kind(record, cfg)
+    try:
+        acc = _accuracy(record, kind, cfg)
+    except SandboxUnavailable:
+        raise  # the machine cannot run code safely: stop rather than mark every program wrong
+    except Exception as exc:  # noqa: BLE001 - a verifier bug must not stop the run; it is recorded
+        acc = RewardResult(0.0, "error", f"the verifier failed: {type(exc).__name__}: {exc}")
+    fmt = score_format(record.get("completion") or "", record.get("template"))
+    return {"reward_accuracy": float(acc.reward), "accuracy_verdict": acc.verdict, "accuracy_reason": acc.reason,
+            "extracted_answer": acc.extracted if kind != "code" else None,
+            "reward_format": float(fmt.reward), "format_verdict": fmt.verdict, "format_reason": fmt.reason,
+            "reward_kind": kind, "tests_passed": acc.details.get("tests_passed"),
+            "tests_total": acc.details.get("tests_total")}
+
+
+def _same_answer(kind: str, cfg: VerifyConfig):
+    if kind == "math":
+        return lambda a, b: answers_equivalent(a, b, cfg.math)
+    if kind == "exact":
+        return lambda a, b: normalize_exact(a, cfg.exact.case_sensitive) == normalize_exact(b, cfg.exact.case_sensitive)
+    return lambda a, b: a == b
+
+
+def aggregate_prompt(rows: list[dict], cfg: VerifyConfig) -> bool:
+    """Majority answer, consensus labels (opt-in), pass rate and selection for one prompt's samples, in place.
+
+    Returns whether consensus labelled the prompt."""
+    kind = rows[0]["reward_kind"]
+    labelled = False
+    top_answer = None
+    if kind in ("math", "choice", "exact"):
+        top_answer, top, answered = majority(rows, _same_answer(kind, cfg))
+        labelled = apply_consensus(rows, top, answered, cfg.consensus)
+    rate = pass_rate(rows)
+    for r in rows:
+        r["majority_answer"] = top_answer
+        r["pass_rate"] = rate
+    select_group(rows, cfg.select)
+    return labelled
+
+
+def verify_shard(records: list[dict], cfg: VerifyConfig) -> ShardResult:
+    """Score every record of one shard, aggregate per prompt, select; nothing is dropped (see `selected`)."""
+    groups: dict[str, list[dict]] = {}
+    seconds = 0.0
+    for rec in records:
+        start = time.perf_counter()
+        row = {**rec, **score_record(rec, cfg)}
+        seconds += time.perf_counter() - start
+        groups.setdefault(rec["prompt_id"], []).append(row)
+    stats: Counter = Counter()
+    rows: list[dict] = []
+    for prompt_rows in groups.values():
+        if aggregate_prompt(prompt_rows, cfg):
+            stats["prompts_consensus_labelled"] += 1
+        rows.extend(prompt_rows)
+    for r in rows:
+        stats[f"accuracy.{r['accuracy_verdict']}"] += 1
+        stats[f"format.{r['format_verdict']}"] += 1
+        stats["selected" if r["selected"] else "not_selected"] += 1
+    stats["prompts"] = len(groups)
+    stats["verify_s"] = round(seconds, 3)  # timing stays out of the rows: reruns must write identical shards
+    stats["timeouts_enforced"] = int(can_enforce())
+    return ShardResult(rows=rows, stats=dict(stats))  # prompts in first-seen order, samples in input order
