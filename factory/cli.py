@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from factory.config import ConfigError, load_pipeline
+from factory.registry import STAGE_NAMES, STAGES, stage
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="R1 distillation data factory: generate → verify → curate → sft → eval → publish.")
@@ -14,6 +15,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="pipeline YAML (see pipelines/)")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default: outputs/<name>)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a YAML key: --set sampling.n=8")]
+_STAGES_HELP = f"comma-separated subset of the pipeline's stages ({', '.join(STAGE_NAMES)})"
 NewRunOpt = Annotated[bool, typer.Option("--new-run", help="discard this stage's earlier output and start afresh")]
 
 
@@ -46,7 +48,7 @@ def _guard(fn, *args, **kwargs):
 @app.command()
 def run(pipeline: Annotated[Path, typer.Argument(help="pipeline YAML, e.g. pipelines/demo.yaml")],
         out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False,
-        stages: Annotated[Optional[str], typer.Option(help="comma-separated subset of the pipeline's stages")] = None):
+        stages: Annotated[Optional[str], typer.Option(help=_STAGES_HELP)] = None):
     """Run the pipeline's stages in order, resuming a stopped run."""
     from factory.pipeline import run_pipeline
 
@@ -54,68 +56,39 @@ def run(pipeline: Annotated[Path, typer.Argument(help="pipeline YAML, e.g. pipel
     _guard(run_pipeline, cfg, _out(cfg, out), new_run=new_run, only=stages.split(",") if stages else None)
 
 
-@app.command()
-def generate(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
-    """Prompts → k teacher traces per prompt (DIR/generate/)."""
-    from factory.generate.stage import run_generate
+def _stage_command(name: str, summary: str):
+    """A `factory NAME --config … --out … --set … --new-run` command running stage NAME of the registry."""
 
-    cfg = _load(config, set_)
-    _guard(run_generate, cfg, _out(cfg, out), new_run=new_run)
+    def command(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
+        cfg = _load(config, set_)
+        _guard(stage(name), cfg, _out(cfg, out), new_run=new_run)
 
-
-@app.command()
-def verify(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
-    """Traces → rule-based rewards (math, code in a sandbox, choice, format) and rejection sampling (DIR/verify/)."""
-    from factory.verify.stage import run_verify
-
-    cfg = _load(config, set_)
-    _guard(run_verify, cfg, _out(cfg, out), new_run=new_run)
+    command.__doc__ = summary
+    if name == "sft":
+        command.__doc__ += ("\n\nMulti-GPU: accelerate launch --config_file pipelines/accelerate/fsdp2_2gpu.yaml "
+                            "-m factory.train.stage ...")
+    return command
 
 
-@app.command()
-def curate(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
-    """Verdicts → selection, truncation, language, readability, repetition, decontam, dedupe (DIR/curate/)."""
-    from factory.curate.stage import run_curate
-
-    cfg = _load(config, set_)
-    _guard(run_curate, cfg, _out(cfg, out), new_run=new_run)
+# The stages that take a pipeline and a run folder; publish and report have commands of their own below.
+for _spec in STAGES.values():
+    if _spec.name not in ("publish", "report"):
+        app.command(name=_spec.name)(_stage_command(_spec.name, _spec.summary))
 
 
-@app.command()
-def sft(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
-    """Curated messages → a LoRA or fully fine-tuned student (DIR/sft/); resumes from its last checkpoint.
-
-    Multi-GPU: accelerate launch --config_file pipelines/accelerate/fsdp2_2gpu.yaml -m factory.train.stage ..."""
-    from factory.pipeline import run_sft_stage
-
-    cfg = _load(config, set_)
-    _guard(run_sft_stage, cfg, _out(cfg, out), new_run=new_run)
-
-
-@app.command(name="eval")
-def eval_(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
-    """Models × benchmarks, k samples each: pass@1 ± SE, cons@k, length, truncation (DIR/eval/)."""
-    from factory.eval.stage import run_eval
-
-    cfg = _load(config, set_)
-    _guard(run_eval, cfg, _out(cfg, out), new_run=new_run)
-
-
-@app.command()
+@app.command(help=STAGES["publish"].summary)
 def publish(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None,
             repo_id: Annotated[Optional[str], typer.Option("--repo-id", help="ORG/NAME on the Hub")] = None,
             private: Annotated[Optional[bool], typer.Option("--private/--public", help="repo visibility")] = None,
             dry_run: Annotated[bool, typer.Option("--dry-run", help="build the folders, print the plan, upload nothing")] = False):
-    """Curated dataset (and trained student) → Hub repos with cards (DIR/publish/)."""
     from factory.publish.stage import run_publish
 
     cfg = _load(config, set_)
     _guard(run_publish, cfg.publish, _out(cfg, out), repo_id=repo_id, private=private, dry_run=dry_run)
 
 
-@app.command()
+@app.command(help=STAGES["report"].summary)
 def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. outputs/demo")]):
-    """Write DIR/report.html: funnel, distributions, loss curve and eval table in one self-contained file."""
     from factory.report.html import write_report
 
     path = _guard(write_report, run_dir)

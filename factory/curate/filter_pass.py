@@ -16,56 +16,39 @@ benchmark, from the written outputs themselves.
 from __future__ import annotations
 
 import functools
-import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field
 
-from factory.curate.filters.decontam import DecontamConfig, DecontamFilter, build_index
-from factory.curate.filters.dedupe import DedupeConfig, Deduper, prompt_key, response_key
-from factory.curate.export import to_messages
-from factory.curate.filters import (FilterChain, LanguageConfig, LanguageFilter, MissingFieldError, ReadabilityConfig,
-                             ReadabilityFilter, RecordFilter, RepetitionConfig, RepetitionFilter, SelectionConfig,
-                             SelectionFilter, TruncationConfig, TruncationFilter)
 from factory.core.schema import Schema, load_schema
 from factory.core.shards import ShardResult
+from factory.curate.config import SPEED_ONLY, CurateConfig  # noqa: F401
+from factory.curate.export import to_messages
+from factory.curate.filters import (
+    FilterChain,
+    LanguageFilter,
+    MissingFieldError,
+    ReadabilityFilter,
+    RecordFilter,
+    RepetitionFilter,
+    SelectionFilter,
+    TruncationFilter,
+)
+from factory.curate.filters.decontam import DecontamFilter, build_index
+from factory.curate.filters.dedupe import Deduper, prompt_key, response_key
 
 FILTER_ORDER = ("selection", "truncation", "language", "readability", "repetition", "decontam", "dedupe")
 # Fields the output needs whatever filters are on.
 OUTPUT_FIELDS = ("prompt_id", "sample_idx", "source", "domain", "problem", "teacher", "reasoning", "answer_text",
                  "prompt_tokens", "completion_tokens")
 KEY_COLUMNS = ("prompt_id", "problem", "prompt_key", "response_key")
-SPEED_ONLY = {"workers", "keep_work"}
 
 
 class CurateError(ValueError):
     """Curation cannot run on this input."""
-
-
-class CurateConfig(BaseModel):
-    """One block per filter, in the order they run (dedupe last)."""
-
-    model_config = ConfigDict(extra="forbid")
-    selection: SelectionConfig = SelectionConfig()
-    truncation: TruncationConfig = TruncationConfig()
-    language: LanguageConfig = LanguageConfig()
-    readability: ReadabilityConfig = ReadabilityConfig()
-    repetition: RepetitionConfig = RepetitionConfig()
-    decontam: DecontamConfig = DecontamConfig()
-    dedupe: DedupeConfig = DedupeConfig()
-    workers: int = Field(1, ge=1, le=256)    # processes of the filter pass
-    keep_work: bool = False                  # keep DIR/curate/_filter (the filter pass's own stage folder)
-
-    def decisive(self) -> dict:
-        """The settings that decide the output (for fingerprints): all but speed and housekeeping."""
-        return self.model_dump(mode="json", exclude=SPEED_ONLY)
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(CurateConfig.model_validate(self.decisive()).model_dump_json().encode()).hexdigest()[:16]
 
 
 def build_filters(config: CurateConfig) -> list[RecordFilter]:

@@ -20,13 +20,31 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from factory.curate.filter_pass import (KEY_COLUMNS, CurateConfig, CurateError, build_filters, build_funnel,
-                            check_output_fields, curate_shard, dedupe_decisions, dedupe_rejected, resolve_input)
-from factory.curate.filters.dedupe import Deduper
 from factory.core.progress import console, stage_progress
 from factory.core.schema import load_schema
-from factory.core.shards import (PART, StageDir, fingerprint, list_parts, read_part, run_map_stage, write_json_atomic,
-                            write_parquet_tmp)
+from factory.core.shards import (
+    PART,
+    StageDir,
+    fingerprint,
+    list_parts,
+    read_part,
+    run_map_stage,
+    write_json_atomic,
+    write_parquet_tmp,
+)
+from factory.curate.filter_pass import (
+    KEY_COLUMNS,
+    CurateConfig,
+    CurateError,
+    build_filters,
+    build_funnel,
+    check_output_fields,
+    curate_shard,
+    dedupe_decisions,
+    dedupe_rejected,
+    resolve_input,
+)
+from factory.curate.filters.dedupe import Deduper
 
 STAGE = "curate"
 FILTER_DIR = "_filter"

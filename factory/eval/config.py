@@ -11,8 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from factory.generate.sources import SourceConfig
-from factory.generate.templates import TemplateConfig
+from factory.generate.config import SourceConfig, TemplateConfig
 
 
 class EvalModel(BaseModel):

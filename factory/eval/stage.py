@@ -13,13 +13,15 @@ import os
 import shutil
 from pathlib import Path
 
-from factory.config import PipelineConfig, SamplingConfig, VLLMTeacherConfig, dump_config
-from factory.eval.benchmarks import load_benchmark
-from factory.eval.config import EvalConfig, EvalModel, check_adapter, resolve_local
-from factory.eval.metrics import print_comparison, read_verdicts, summarize, write_summary
+from factory.config import PipelineConfig
+from factory.core.config import dump_config
 from factory.core.progress import console
 from factory.core.schema import load_schema
 from factory.core.shards import ShardResult, StageDir, fingerprint, list_parts
+from factory.eval.benchmarks import load_benchmark
+from factory.eval.config import EvalConfig, EvalModel, check_adapter, resolve_local
+from factory.eval.metrics import print_comparison, read_verdicts, summarize, write_summary
+from factory.generate.config import SamplingConfig, VLLMTeacherConfig
 from factory.generate.stage import build_request, trace_rows
 from factory.generate.teachers.base import TeacherError
 

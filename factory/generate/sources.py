@@ -8,64 +8,21 @@ import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Literal
-
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from factory.core.jsonl import iter_jsonl
-
-DOMAINS = ("math", "code", "science", "general")
-PROMPT_FIELDS = ("prompt_id", "source", "domain", "problem", "answer", "tests", "language", "metadata")
+from factory.generate.config import (  # noqa: F401
+    DOMAINS,
+    PROMPT_FIELDS,
+    ArithmeticSource,
+    FileSource,
+    HubSource,
+    SourceConfig,
+    _SourceBase,
+)
 
 
 class SourceError(ValueError):
     """A prompt source is missing, malformed or maps onto the prompt schema wrongly."""
-
-
-class _SourceBase(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    columns: dict[str, str] = Field(default_factory=dict,
-                                    description="prompt field -> the source's column, e.g. {problem: question}")
-    domain: Literal["math", "code", "science", "general"] = "math"
-    language: str | None = "en"
-    source: str | None = Field(None, description="name recorded in `source`; default: file name or dataset id")
-    limit: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _check_columns(self):
-        unknown = set(self.columns) - set(PROMPT_FIELDS)
-        if unknown:
-            raise ValueError(f"columns: unknown prompt fields {sorted(unknown)} (known: {list(PROMPT_FIELDS)})")
-        return self
-
-
-class FileSource(_SourceBase):
-    kind: Literal["jsonl", "parquet", "csv", "disk"]
-    path: Path
-    split: str | None = Field(None, description="for a saved DatasetDict folder (kind: disk)")
-
-
-class HubSource(_SourceBase):
-    kind: Literal["hub"]
-    dataset: str = Field(description="Hub dataset id, or a local folder/script `datasets.load_dataset` accepts")
-    name: str | None = None
-    split: str = "train"
-    data_files: str | list[str] | None = None
-
-
-class ArithmeticSource(_SourceBase):
-    """Small arithmetic word problems with exact answers: the offline demo's verifiable prompts."""
-
-    kind: Literal["arithmetic"]
-    n: int = Field(64, ge=1)
-    seed: int = 0
-    max_operand: int = Field(20, ge=2)
-    ops: list[Literal["add", "sub", "mul"]] = Field(default_factory=lambda: ["add"])
-    split: Literal["train", "heldout"] = Field("train", description="disjoint problem sets for training and eval")
-    heldout_fraction: float = Field(0.25, gt=0, lt=1)
-
-
-SourceConfig = Annotated[FileSource | HubSource | ArithmeticSource, Field(discriminator="kind")]
 
 
 def stable_prompt_id(source: str, problem: str) -> str:

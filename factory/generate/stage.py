@@ -5,14 +5,22 @@ import json
 import shutil
 from pathlib import Path
 
-from factory.config import OpenAITeacherConfig, PipelineConfig, SamplingConfig, dump_config
+from factory.config import PipelineConfig
+from factory.core.config import dump_config
 from factory.core.progress import console, stage_progress
 from factory.core.schema import load_schema
 from factory.core.shards import ShardResult, StageDir, fingerprint
+from factory.generate.config import OpenAITeacherConfig, SamplingConfig
 from factory.generate.sources import load_prompts
 from factory.generate.teachers import GenRequest, GenResult, Teacher, make_teacher
-from factory.generate.templates import (TemplateConfig, chat_messages, render_chat, render_jinja, render_r1_zero,
-                               split_think)
+from factory.generate.templates import (
+    TemplateConfig,
+    chat_messages,
+    render_chat,
+    render_jinja,
+    render_r1_zero,
+    split_think,
+)
 
 STAGE = "generate"
 

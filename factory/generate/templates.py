@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jinja2
-from pydantic import BaseModel, ConfigDict, Field
+
+from factory.generate.config import DEFAULT_INSTRUCTIONS, TemplateConfig, TemplateKind  # noqa: F401
 
 R1_ZERO_TEMPLATE = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. The "
@@ -17,30 +17,6 @@ R1_ZERO_TEMPLATE = (
     "respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
     "User: {prompt}. Assistant:"
 )
-
-DEFAULT_INSTRUCTIONS: dict[str, str] = {
-    "math": "Please reason step by step, and put your final answer within \\boxed{}.",
-    "code": "Write your final solution in Python in a single ```python code block.",
-    "science": "Please reason step by step, and put your final answer (the letter of the correct option, or the "
-               "value) within \\boxed{}.",
-    "general": "",
-}
-
-TemplateKind = Literal["r1_zero", "chat", "jinja"]
-
-
-class TemplateConfig(BaseModel):
-    """How a prompt record becomes the text (or messages) the model sees."""
-
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["chat", "r1_zero", "jinja"] = "chat"
-    prefill: str = Field("<think>\n", description="text the reply is forced to start with (chat mode)")
-    system: str | None = Field(None, description="R1 usage: no system prompt")
-    instructions: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_INSTRUCTIONS))
-    fewshot: list[dict[Literal["user", "assistant"], str]] = Field(
-        default_factory=list, description="example turns before the problem (chat mode), e.g. to teach the format")
-    jinja: str | None = Field(None, description="a Jinja template over the prompt fields (kind: jinja)")
-    jinja_file: Path | None = None
 
 
 def with_instruction(problem: str, domain: str, instructions: dict[str, str]) -> str:

@@ -17,26 +17,10 @@ import yaml
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
 from factory.publish.common import PublishError
+from factory.publish.config import HUB_LICENSES, TEXT_TASK_CATEGORIES  # noqa: F401
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 
-# License identifiers the Hub accepts in a card (hub-docs, docs/hub/repositories-licenses.md).
-HUB_LICENSES = frozenset("""
-apache-2.0 mit openrail bigscience-openrail-m creativeml-openrail-m bigscience-bloom-rail-1.0 bigcode-openrail-m
-afl-3.0 artistic-2.0 bsl-1.0 bsd bsd-2-clause bsd-3-clause bsd-3-clause-clear c-uda cc cc0-1.0 cc-by-2.0 cc-by-2.5
-cc-by-3.0 cc-by-4.0 cc-by-sa-3.0 cc-by-sa-4.0 cc-by-nc-2.0 cc-by-nc-3.0 cc-by-nc-4.0 cc-by-nd-4.0 cc-by-nc-nd-3.0
-cc-by-nc-nd-4.0 cc-by-nc-sa-2.0 cc-by-nc-sa-3.0 cc-by-nc-sa-4.0 cdla-sharing-1.0 cdla-permissive-1.0
-cdla-permissive-2.0 wtfpl ecl-2.0 epl-1.0 epl-2.0 etalab-2.0 eupl-1.1 agpl-3.0 gfdl gpl gpl-2.0 gpl-3.0 lgpl lgpl-2.1
-lgpl-3.0 isc lppl-1.3c ms-pl mpl-2.0 odc-by odbl openrail++ osl-3.0 postgresql ofl-1.1 ncsa unlicense zlib pddl
-lgpl-lr deepfloyd-if-license llama2 llama3 llama3.1 llama3.2 llama3.3 gemma unknown other
-""".split())
-
-# The text tasks of the Hub's task list (huggingface.js packages/tasks/src/pipelines.ts) a reasoning corpus can name.
-TEXT_TASK_CATEGORIES = frozenset("""
-text-generation question-answering text2text-generation summarization translation text-classification
-token-classification fill-mask table-question-answering zero-shot-classification sentence-similarity
-feature-extraction text-ranking
-""".split())
 
 _SIZE_BOUNDS = [(1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
                 (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B")]

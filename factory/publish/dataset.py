@@ -15,13 +15,11 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from rich.console import Console
 from rich.progress import Progress
 
+from factory.core.schema import META_NAME, META_VERSION, Schema, SchemaError, check_shard_schema
 from factory.publish.cards import (
-    HUB_LICENSES,
-    TEXT_TASK_CATEGORIES,
     render,
     size_category,
     validate_dataset_card,
@@ -34,7 +32,7 @@ from factory.publish.common import (
     staged_dir,
     write_text_atomic,
 )
-from factory.core.schema import META_NAME, META_VERSION, Schema, SchemaError, check_shard_schema
+from factory.publish.config import DatasetPublishConfig  # noqa: F401
 
 ALL = "all"
 REJECTED = "rejected"
@@ -42,42 +40,6 @@ _CONFIG_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # Columns summarised on the card when the curated schema has them.
 _LINEAGE_COLUMNS = ("source", "teacher", "num_tokens")
 _REJECT_REASON_COLUMNS = ("reject_reason", "reason", "rejected_by", "dropped_by", "filter")
-
-
-class DatasetPublishConfig(BaseModel):
-    """How the curated dataset becomes a Hub dataset repo."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = True
-    pretty_name: str | None = None
-    description: str | None = Field(None, description="a paragraph opening the card")
-    license: str = "apache-2.0"
-    language: list[str] = ["en"]
-    task_categories: list[str] = ["text-generation"]
-    tags: list[str] = ["reasoning", "distillation", "synthetic", "chain-of-thought", "factory"]
-    schema_name: str = Field("curated", description="the schema the curate shards must carry")
-    split_by: str | None = Field("domain", description="column whose values become configs (plus `all`)")
-    columns: list[str] | None = Field(None, description="columns to publish; all of the schema when unset")
-    shard_size_mb: float = Field(500.0, gt=0, le=50_000,
-                                 description="target in-memory (Arrow) size of a shard (push_to_hub's max_shard_size)")
-    include_rejected: bool = Field(False, description="publish DIR/curate/rejected as config `rejected`")
-    row_group_rows: int = Field(1000, ge=1, le=1_000_000)
-
-    @field_validator("license")
-    @classmethod
-    def _license_known(cls, value: str) -> str:
-        if value not in HUB_LICENSES:
-            raise ValueError(f"{value!r} is not a Hub license identifier (e.g. apache-2.0, mit, cc-by-4.0, other)")
-        return value
-
-    @field_validator("task_categories")
-    @classmethod
-    def _tasks_known(cls, value: list[str]) -> list[str]:
-        unknown = sorted(set(value) - TEXT_TASK_CATEGORIES)
-        if unknown:
-            raise ValueError(f"{unknown} are not Hub text tasks ({sorted(TEXT_TASK_CATEGORIES)})")
-        return value
 
 
 @dataclass

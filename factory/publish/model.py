@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from factory.publish.cards import HUB_LICENSES, render, validate_model_card
+from factory.publish.cards import render, validate_model_card
 from factory.publish.common import (
     PublishError,
     folder_files,
@@ -23,6 +21,7 @@ from factory.publish.common import (
     write_json_atomic,
     write_text_atomic,
 )
+from factory.publish.config import ModelPublishConfig  # noqa: F401
 
 # Files of a saved model/adapter that belong on the Hub; optimizer states, pickled training args and peft's
 # auto-generated README stay behind.
@@ -42,31 +41,6 @@ BENCHMARK_DATASETS = {
     "math500": ("HuggingFaceH4/MATH-500", "MATH-500"),
     "humaneval": ("openai/openai_humaneval", "HumanEval"),
 }
-
-
-class ModelPublishConfig(BaseModel):
-    """How the SFT stage's output (DIR/sft/adapter for LoRA, DIR/sft/model for full or merged weights) becomes a Hub
-    model repo."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool | None = Field(None, description="None: publish when the SFT stage left a model or adapter")
-    artifact: Literal["auto", "adapter", "model"] = Field(
-        "auto", description="auto: the LoRA adapter when there is one, else the full model")
-    repo_id: str | None = Field(None, description="model repo; defaults to the dataset's --repo-id")
-    base_model: str | None = Field(None, description="Hub id of the base model when SFT loaded it from a local path")
-    license: str = "apache-2.0"
-    language: list[str] = ["en"]
-    tags: list[str] = ["reasoning", "distillation", "deepseek-r1", "sft", "factory"]
-    eval_model: str | None = Field(None, description="the `model` of this student's rows in eval/summary.json")
-    include_training_record: bool = Field(True, description="ship train_log.jsonl and the SFT config in training/")
-
-    @field_validator("license")
-    @classmethod
-    def _license_known(cls, value: str) -> str:
-        if value not in HUB_LICENSES:
-            raise ValueError(f"{value!r} is not a Hub license identifier (e.g. apache-2.0, mit, llama3.1, other)")
-        return value
 
 
 @dataclass

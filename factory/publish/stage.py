@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from factory.publish.common import PublishError, assert_secret_absent, write_json_atomic
-from factory.publish.dataset import DatasetBuild, DatasetPublishConfig, build_dataset_folder
-from factory.publish.model import ModelBuild, ModelPublishConfig, build_model_folder, sft_artifact
+from factory.publish.config import PublishConfig  # noqa: F401
+from factory.publish.dataset import DatasetBuild, build_dataset_folder
+from factory.publish.model import ModelBuild, build_model_folder, sft_artifact
 from factory.publish.upload import (
     UploadPlan,
     check_repo_id,
@@ -25,18 +25,6 @@ from factory.publish.upload import (
 )
 
 STAGE = "publish"
-
-
-class PublishConfig(BaseModel):
-    """The `publish:` block of a pipeline YAML."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    repo_id: str | None = Field(None, description="ORG/NAME of the dataset repo; the --repo-id flag overrides it")
-    private: bool = False
-    dataset: DatasetPublishConfig = Field(default_factory=DatasetPublishConfig)
-    model: ModelPublishConfig = Field(default_factory=ModelPublishConfig)
-    large_upload_mb: float = Field(1000.0, gt=0, description="above this size, the resumable large-folder upload")
 
 
 @dataclass
@@ -127,3 +115,8 @@ def _write_record(stage_dir: Path, config: PublishConfig, result: PublishResult,
             "bytes": {p.repo_type: p.total_bytes for p in result.plans},
         },
     })
+
+
+def publish_stage(cfg, run_dir: Path, *, new_run: bool = False) -> dict:
+    """The stage contract: publish with the pipeline's `publish:` block (repo id and visibility from the YAML)."""
+    return {"urls": run_publish(cfg.publish, run_dir).urls}

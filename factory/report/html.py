@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from markupsafe import Markup
 
-from factory.report import plots
 from factory.core.shards import write_text_atomic
+from factory.report import plots
 
 STAGE_ORDER = ["generate", "verify", "curate", "sft", "eval", "publish"]
 REPORT_FILE = "report.html"
@@ -293,3 +293,8 @@ def write_report(run_dir: Path) -> Path:
     target = run_dir / REPORT_FILE
     write_text_atomic(target, html)
     return target
+
+
+def report_stage(cfg, run_dir: Path, *, new_run: bool = False) -> dict:
+    """The stage contract: the report of `run_dir` (it reads every stage's output; nothing to resume)."""
+    return {"report": str(write_report(run_dir))}

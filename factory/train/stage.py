@@ -129,6 +129,34 @@ def run_sft(config: SFTConfig | dict | str | Path, out_dir: str | Path, *, model
     return counts
 
 
+def run_sft_stage(cfg, out_dir: str | Path, *, new_run: bool = False) -> dict:
+    """The stage contract: the pipeline's `sft:` block on DIR/curate (`student: embedded` is the embedded SmolLM2).
+    A run finished after its input was written, with the same configuration, is not trained again; a stopped one
+    resumes from its last checkpoint."""
+    import shutil
+
+    from factory.core.progress import console
+
+    if cfg.sft is None:
+        raise ValueError("the pipeline has no `sft:` block")
+    sft = cfg.sft
+    if sft.student == "embedded":
+        from factory.core.embedded import embedded_model_dir
+
+        sft = sft.model_copy(update={"student": str(embedded_model_dir())})
+    sft_dir = Path(out_dir) / "sft"
+    if new_run:
+        shutil.rmtree(sft_dir, ignore_errors=True)
+    done = sft_dir / "counts.json"
+    source = Path(sft.data) if sft.data else Path(out_dir) / "curate" / "counts.json"
+    fresh = done.exists() and source.exists() and done.stat().st_mtime_ns > source.stat().st_mtime_ns
+    if fresh and (sft_dir / "sft_config.yaml").exists():
+        if yaml.safe_load((sft_dir / "sft_config.yaml").read_text()) == {"sft": sft.model_dump()}:
+            console.print(f"sft: already trained in {sft_dir}")
+            return json.loads(done.read_text())
+    return run_sft(sft, out_dir)
+
+
 def _parse_value(text: str):
     return yaml.safe_load(text)
 

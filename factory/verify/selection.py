@@ -11,37 +11,11 @@ its majority answer, when enough samples agree.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from factory.verify.config import ConsensusConfig, SelectConfig  # noqa: F401
 
 JUDGED = {"correct", "wrong", "no_answer", "unparseable", "timeout", "passed", "wrong_answer", "runtime_error",
           "compile_error", "no_code"}  # verdicts that say something about the sample (not about missing data)
-
-
-class SelectConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    policy: Literal["all_correct", "at_most_m", "shortest_correct"] = "all_correct"
-    m: int = Field(1, ge=1, description="at_most_m: correct samples kept per prompt")
-    order: Literal["sample", "shortest"] = Field("sample", description="at_most_m: which m to keep")
-    require_format: bool = Field(True, description="a correct sample must also pass the format reward")
-    pass_rate_min: float = Field(0.0, ge=0, le=1, description="drop prompts solved by fewer (unsolvable/lucky)")
-    pass_rate_max: float = Field(1.0, ge=0, le=1, description="drop prompts solved by more (too easy)")
-
-    @model_validator(mode="after")
-    def _band(self) -> "SelectConfig":
-        if self.pass_rate_min > self.pass_rate_max:
-            raise ValueError(f"pass_rate_min ({self.pass_rate_min}) is above pass_rate_max ({self.pass_rate_max})")
-        return self
-
-
-class ConsensusConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    enabled: bool = Field(False, description="label prompts without a reference by majority vote")
-    min_votes: int = Field(2, ge=1, description="samples that must share the majority answer")
-    min_share: float = Field(0.5, gt=0, le=1, description="share of answered samples the majority must hold")
 
 
 def group_answers(answers: list[str | None], same: Callable[[str, str], bool]) -> list[list[int]]:

@@ -9,40 +9,20 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from factory.verify.rewards.choice import ChoiceConfig, ExactConfig, letter_of, normalize_exact, score_choice, score_exact
-from factory.verify.rewards.code import CodeConfig, score_code
+from factory.core.shards import ShardResult
+from factory.verify.config import RewardKind, VerifyConfig  # noqa: F401
+from factory.verify.rewards.choice import letter_of, normalize_exact, score_choice, score_exact
+from factory.verify.rewards.code import score_code
 from factory.verify.rewards.format import score_format
-from factory.verify.rewards.math import MathConfig, answers_equivalent, score_math
+from factory.verify.rewards.math import answers_equivalent, score_math
 from factory.verify.rewards.result import RewardResult
 from factory.verify.rewards.sandbox import SandboxUnavailable
 from factory.verify.rewards.timeouts import can_enforce
-from factory.verify.selection import ConsensusConfig, SelectConfig, apply_consensus, majority, pass_rate, select_group
-from factory.core.shards import ShardResult
+from factory.verify.selection import apply_consensus, majority, pass_rate, select_group
 
-RewardKind = Literal["math", "code", "choice", "exact", "auto", "none"]
 VERDICT_COLUMNS = ("reward_accuracy", "accuracy_verdict", "accuracy_reason", "extracted_answer", "reward_format",
                    "format_verdict", "format_reason", "reward_kind", "tests_passed", "tests_total")
-
-
-class VerifyConfig(BaseModel):
-    """The `verify` block of a pipeline YAML."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rewards: dict[str, RewardKind] = Field(
-        default_factory=lambda: {"math": "math", "code": "code", "science": "auto", "general": "auto"},
-        description="accuracy reward per domain; auto = choice when the reference is a letter, else math")
-    math: MathConfig = Field(default_factory=MathConfig)
-    code: CodeConfig = Field(default_factory=CodeConfig)
-    choice: ChoiceConfig = Field(default_factory=ChoiceConfig)
-    exact: ExactConfig = Field(default_factory=ExactConfig)
-    consensus: ConsensusConfig = Field(default_factory=ConsensusConfig)
-    select: SelectConfig = Field(default_factory=SelectConfig)
-    workers: int = Field(1, ge=1, le=256, description="worker processes over shards (speed only)")
 
 
 def reward_kind(record: dict, cfg: VerifyConfig) -> str:

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from factory.config import PipelineConfig
-from factory.pipeline import run_sft_stage
+from factory.train.stage import run_sft_stage
 
 
 def test_sft_is_skipped_only_when_newer_than_its_input(tmp_path):

@@ -1,6 +1,14 @@
 """Curation filters: one small module per family, each a `RecordFilter` with its own pydantic config block."""
-from factory.curate.filters.base import (ChainResult, ChainStats, FilterChain, FilterOutcome, FilterStats, MissingFieldError,
-                                  RecordFilter, check_fields)
+from factory.curate.filters.base import (
+                                  ChainResult,
+                                  ChainStats,
+                                  FilterChain,
+                                  FilterOutcome,
+                                  FilterStats,
+                                  MissingFieldError,
+                                  RecordFilter,
+                                  check_fields,
+)
 from factory.curate.filters.language import LanguageConfig, LanguageFilter
 from factory.curate.filters.readability import ReadabilityConfig, ReadabilityFilter
 from factory.curate.filters.repetition import RepetitionConfig, RepetitionFilter

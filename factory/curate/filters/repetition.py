@@ -6,23 +6,11 @@ import zlib
 from collections import Counter
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 
+from factory.curate.config import RepetitionConfig  # noqa: F401
 from factory.curate.filters.base import FilterOutcome, RecordFilter
 
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier of the rolling n-gram hash
-
-
-class RepetitionConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
-    ngram: int = Field(10, ge=2, le=50)
-    max_repeated_ngram_ratio: float = Field(0.3, ge=0.0, le=1.0)
-    max_line_repeats: int = Field(16, ge=2)        # most frequent non-trivial line may occur this many times
-    min_line_chars: int = Field(20, ge=1)          # shorter lines ("Wait,", "So:") are not judged
-    max_compression_ratio: float = Field(6.0, gt=1.0)
-    min_compression_chars: int = Field(1000, ge=0)  # shorter texts get ratio 1.0 (zlib's overhead dominates)
-    compression_level: int = Field(1, ge=1, le=9)
 
 
 def repeated_ngram_ratio(text: str, n: int) -> float:

@@ -5,19 +5,8 @@ mode that names a column the records lack is an error naming that column.
 """
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field
-
+from factory.curate.config import SelectionConfig  # noqa: F401
 from factory.curate.filters.base import FilterOutcome, RecordFilter
-
-
-class SelectionConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    # auto: `selected` when the records have it, else skipped; selected: the rewards stage's `selected`;
-    # correct: reward_accuracy >= min_accuracy; off: keep everything.
-    mode: Literal["auto", "selected", "correct", "off"] = "auto"
-    min_accuracy: float = Field(1.0, ge=0.0, le=1.0)
 
 
 class SelectionFilter(RecordFilter):

@@ -1,18 +1,8 @@
 """Truncated or unfinished traces: cut at the token limit, no closing </think>, or no reply after it."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
-
+from factory.curate.config import TruncationConfig  # noqa: F401
 from factory.curate.filters.base import FilterOutcome, RecordFilter
-
-
-class TruncationConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    enabled: bool = True
-    drop_length: bool = True          # finish_reason == "length": the teacher hit max_tokens
-    drop_error: bool = True           # finish_reason == "error": the request failed
-    require_think_closed: bool = True
-    require_answer: bool = True       # some non-blank text after </think>
 
 
 class TruncationFilter(RecordFilter):

@@ -1,7 +1,7 @@
 """Teacher backends behind one protocol (`factory.generate.teachers.base.Teacher`); stages never import vLLM directly."""
 from __future__ import annotations
 
-from factory.config import OpenAITeacherConfig, SamplingConfig, TeacherConfig, VLLMTeacherConfig
+from factory.generate.config import OpenAITeacherConfig, SamplingConfig, TeacherConfig, VLLMTeacherConfig
 from factory.generate.teachers.base import GenRequest, GenResult, GenSample, Teacher, TeacherError
 
 

@@ -5,7 +5,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from factory.config import SamplingConfig
+from factory.generate.config import SamplingConfig
 
 
 @dataclass

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from factory.config import OpenAITeacherConfig, SamplingConfig
+from factory.generate.config import OpenAITeacherConfig, SamplingConfig
 from factory.generate.teachers.base import GenRequest, GenResult, GenSample, TeacherError
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from factory.config import SamplingConfig, VLLMTeacherConfig
+from factory.generate.config import SamplingConfig, VLLMTeacherConfig
 from factory.generate.teachers.base import GenRequest, GenResult, GenSample, TeacherError
 
 

@@ -4,26 +4,9 @@ from __future__ import annotations
 import math
 import re
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from factory.verify.config import ChoiceConfig, ExactConfig  # noqa: F401
 from factory.verify.rewards.extract import last_boxed, last_tag, tail
 from factory.verify.rewards.result import RewardResult
-
-
-class ChoiceConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    letters: str = Field("ABCDEFGHIJ", min_length=2, pattern=r"^[A-Z]+$")
-    window_chars: int = Field(2000, ge=50, le=100_000, description="tail of the answer searched for a letter")
-
-
-class ExactConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    rel_tol: float = Field(1e-6, ge=0, le=0.5, description="relative tolerance when both answers are numbers")
-    case_sensitive: bool = False
-    window_chars: int = Field(2000, ge=50, le=100_000)
-
 
 _WRAPPERS = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 

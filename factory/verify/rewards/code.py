@@ -26,8 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
+from factory.verify.config import CodeConfig  # noqa: F401
 from factory.verify.rewards.extract import last_code_block
 from factory.verify.rewards.result import RewardResult
 from factory.verify.rewards.sandbox import Limits, RunResult, Sandbox
@@ -35,22 +34,6 @@ from factory.verify.rewards.sandbox_child import COMPILE_ERROR_EXIT
 
 CODE_VERDICTS = ("passed", "wrong_answer", "runtime_error", "timeout", "compile_error", "no_code", "no_tests")
 LANGUAGE_TAGS = {"python": ("python", "py", "python3"), "cpp": ("cpp", "c++", "cc", "cxx")}
-
-
-class CodeConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    default_language: Literal["python", "cpp"] = "python"
-    case_timeout_s: float = Field(5.0, gt=0, le=120, description="per test case (tests may lower/raise it)")
-    max_total_s: float = Field(120.0, gt=0, le=3600, description="wall limit for all cases of one sample")
-    memory_mb: int = Field(1024, ge=64, le=65536)
-    file_size_mb: int = Field(16, ge=1, le=4096)
-    max_output_bytes: int = Field(1 << 20, ge=1024, le=1 << 30)
-    stop_on_first_failure: bool = Field(False, description="faster; the reward then counts later cases failed")
-    float_tolerance: float = Field(1e-6, ge=0, le=1)
-    cpp_compiler: str = "g++"
-    cpp_flags: list[str] = Field(default_factory=lambda: ["-O2", "-std=c++17"])
-    compile_timeout_s: float = Field(60.0, gt=0, le=600)
 
 
 class TestFormatError(ValueError):

@@ -18,38 +18,13 @@ import logging
 import re
 from fractions import Fraction
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
+from factory.verify.config import MathConfig  # noqa: F401
 from factory.verify.rewards.extract import last_boxed, last_pattern, last_tag, tail
 from factory.verify.rewards.latex_numeric import provably_different
 from factory.verify.rewards.result import RewardResult
 from factory.verify.rewards.timeouts import SampleTimeout, deadline
 
 log = logging.getLogger(__name__)
-
-
-class MathConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    answer_pattern: str | None = Field(None, description="regex whose first group is the answer, tried after \\boxed")
-    pattern_window_chars: int = Field(2000, ge=50, le=100_000, description="tail searched by answer_pattern")
-    fallback_tail_chars: int = Field(600, ge=0, le=20_000,
-                                     description="no box: math-verify extraction over this many final chars (0=off)")
-    join_adjacent_boxes: bool = True
-    timeout_s: float = Field(5.0, gt=0, le=300, description="per-sample deadline for extraction + comparison")
-    float_rounding: int = Field(6, ge=1, le=15)
-    numeric_precision: int = Field(15, ge=1, le=50)
-    allow_set_relation_comp: bool = Field(True, description="(3,4] equals 3 < x \\le 4, either way round")
-
-    @field_validator("answer_pattern")
-    @classmethod
-    def _compiles(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                re.compile(v)
-            except re.error as exc:
-                raise ValueError(f"answer_pattern is not a valid regex: {exc}") from exc
-        return v
 
 
 # --------------------------------------------------------------------------------------------------------------

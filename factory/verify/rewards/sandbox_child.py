@@ -27,11 +27,11 @@ the sandbox contains damage, it does not make in-process asserts unforgeable.)
 """
 from __future__ import annotations
 
+import _signal as signal  # the C module: `signal` would import enum, which costs startup time
 import ctypes
 import marshal
 import os
 import resource
-import _signal as signal  # the C module: `signal` would import enum, which costs startup time
 import struct
 import sys
 
