@@ -140,7 +140,7 @@ def copy_fn(records: list[dict]):
 def child_copy(in_dir: str, out_dir: str, workers: int) -> None:
     """The same shard runner with a copy function: the I/O and conversion floor of any stage."""
     from factory.core.schema import load_schema
-    from factory.core.shards import run_map_stage
+    from factory.core.runner import run_map_stage
 
     t0 = time.perf_counter()
     counts = run_map_stage(name="copy", in_dir=Path(in_dir), out_dir=Path(out_dir), out_schema=load_schema("curated"),

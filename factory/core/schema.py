@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-META_NAME = b"factory.core.schema"
+META_NAME = b"factory.schema"
 META_VERSION = b"factory.schema_version"
 
 _TYPES: dict[str, pa.DataType] = {

@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +29,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from factory.core.progress import stage_progress
 from factory.core.schema import Schema, SchemaError, check_shard_schema
 
 PART = "part-{:05d}.parquet"
@@ -251,58 +248,6 @@ def require_complete(stage_path: Path) -> None:
         raise RuntimeError(f"{stage_path}: the stage has not finished (no counts.json); rerun it to complete it")
 
 
-# -- running ------------------------------------------------------------------------------------------------
-def _run_map_unit(fn: Callable[[list[dict]], ShardResult], in_part: str, in_schema: str | None,
-                  stage: StageDir, unit: int) -> tuple[int, str, str | None, dict]:
-    """Worker side of `run_map_stage`: read an input part, apply `fn`, write the unit's temp files."""
-    rows = read_part(Path(in_part), in_schema).to_pylist()
-    result = fn(rows)
-    part_tmp, rej_tmp = stage.write_unit_files(unit, result, f"{os.getpid()}-{unit}")
-    return unit, str(part_tmp), str(rej_tmp) if rej_tmp else None, _ledger_entry(unit, result, stage.key_columns)
-
-
-def run_map_stage(*, name: str, in_dir: Path, out_dir: Path, out_schema: Schema, fn: Callable[[list[dict]], ShardResult],
-                  config: dict, in_schema: str | None = None, rejected_schema: Schema | None = None,
-                  workers: int = 1, new_run: bool = False, extra: dict | None = None) -> dict:
-    """Apply `fn` to every input part (unit i = input part i), in `workers` processes, committing each atomically.
-
-    `fn` must be picklable (a module-level function or a functools.partial of one) when workers > 1.
-    """
-    in_dir, out_dir = Path(in_dir), Path(out_dir)
-    require_complete(in_dir)
-    parts = list_parts(in_dir)
-    in_manifest = json.loads((in_dir / "manifest.json").read_text()) if (in_dir / "manifest.json").exists() else {}
-    plan = {"input": str(in_dir.name), "input_fingerprint": in_manifest.get("fingerprint"),
-            "input_parts": [p.name for p in parts]}
-    stage = StageDir(out_dir, name, out_schema, rejected_schema)
-    stage.prepare(fingerprint({"config": config, "plan": plan}), config, plan, new_run)
-    done = stage.ledger()
-    units = {int(p.stem.split("-")[1]): p for p in parts}
-    pending = [u for u in sorted(units) if u not in done]
-    records_in = sum(pq.read_metadata(p).num_rows for p in parts)
-    with stage_progress(name, total_units=len(units), done_units=len(done)) as progress:
-        if workers <= 1 or len(pending) <= 1:
-            for u in pending:
-                unit, part_tmp, rej_tmp, entry = _run_map_unit(fn, str(units[u]), in_schema, stage, u)
-                stage.commit(unit, Path(part_tmp), Path(rej_tmp) if rej_tmp else None, entry)
-                progress.advance(rows=entry["rows"])
-        else:
-            ctx = mp.get_context("spawn")  # never fork a process that may hold an inference engine
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                queue = list(pending)
-                running = set()
-                while queue or running:
-                    while queue and len(running) < 2 * workers:
-                        u = queue.pop(0)
-                        running.add(pool.submit(_run_map_unit, fn, str(units[u]), in_schema, stage, u))
-                    finished, running = wait(running, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        unit, part_tmp, rej_tmp, entry = fut.result()
-                        stage.commit(unit, Path(part_tmp), Path(rej_tmp) if rej_tmp else None, entry)
-                        progress.advance(rows=entry["rows"])
-    return stage.finalize(records_in, extra)
-
-
 def iter_stage_rows(stage_path: Path, expected_schema: str | None = None,
                     columns: Sequence[str] | None = None) -> Iterator[dict]:
     """Stream the rows of a finished stage, part by part."""
@@ -311,4 +256,4 @@ def iter_stage_rows(stage_path: Path, expected_schema: str | None = None,
 
 
 __all__ = ["ShardResult", "StageDir", "StageConfigChanged", "SchemaError", "fingerprint", "iter_stage_rows",
-           "list_parts", "read_part", "require_complete", "run_map_stage", "write_json_atomic", "write_table_atomic"]
+           "list_parts", "read_part", "require_complete", "write_json_atomic", "write_table_atomic"]

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from factory.core.progress import console, stage_progress
+from factory.core.runner import run_map_stage
 from factory.core.schema import load_schema
 from factory.core.shards import (
     PART,
@@ -28,7 +29,6 @@ from factory.core.shards import (
     fingerprint,
     list_parts,
     read_part,
-    run_map_stage,
     write_json_atomic,
     write_parquet_tmp,
 )

@@ -14,7 +14,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from factory.core.schema import load_schema
-from factory.core.shards import ShardResult, StageDir, run_map_stage
+from factory.core.runner import run_map_stage
+from factory.core.shards import ShardResult, StageDir
 from factory.verify.verdicts import VerifyConfig, verify_shard
 
 STAGE = "verify"

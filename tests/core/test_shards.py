@@ -9,7 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from factory.core.schema import SchemaError, load_schema
-from factory.core.shards import (ShardResult, StageConfigChanged, StageDir, iter_stage_rows, read_part, run_map_stage)
+from factory.core.executor import LocalExecutor, WorkUnit
+from factory.core.runner import run_map_stage
+from factory.core.shards import ShardResult, StageConfigChanged, StageDir, iter_stage_rows, read_part
 
 TRACE = load_schema("trace")
 
@@ -41,7 +43,7 @@ def test_commit_writes_parts_ledger_manifest_counts(tmp_path):
     ledger = [json.loads(line) for line in stage.ledger_path.read_text().splitlines()]
     assert ledger[1]["keys"] == [["p1", 0], ["p1", 1]]
     meta = pq.read_schema(stage.path / "part-00000.parquet").metadata
-    assert meta[b"factory.core.schema"] == b"trace" and meta[b"factory.schema_version"] == b"1"
+    assert meta[b"factory.schema"] == b"trace" and meta[b"factory.schema_version"] == b"1"
     assert len(list(iter_stage_rows(stage.path, "trace"))) == 6
     assert not list(stage.path.glob(".*tmp*"))
 
@@ -81,7 +83,7 @@ def test_missing_field_and_unknown_schema_version(tmp_path):
         stage.commit_result(0, ShardResult(rows=[{k: v for k, v in trace_row("p", 0).items() if k != "completion"}]))
     assert not list(stage.path.glob("part-*"))
     table = TRACE.table([trace_row("p", 0)])
-    future = table.replace_schema_metadata({b"factory.core.schema": b"trace", b"factory.schema_version": b"99"})
+    future = table.replace_schema_metadata({b"factory.schema": b"trace", b"factory.schema_version": b"99"})
     pq.write_table(future, tmp_path / "future.parquet")
     with pytest.raises(SchemaError, match="version 99 is not the version this factory reads"):
         read_part(tmp_path / "future.parquet", "trace")
@@ -121,3 +123,30 @@ def test_map_stage_refuses_an_unfinished_input(tmp_path):
     with pytest.raises(RuntimeError, match="has not finished"):
         run_map_stage(name="verify", in_dir=stage.path, out_dir=tmp_path / "v", out_schema=TRACE, fn=drop_odd,
                       config={})
+
+
+class ReversedExecutor:
+    """An executor that runs units in another order and in another process (pickled, as a cluster would)."""
+
+    def __init__(self):
+        self.seen: list[int] = []
+
+    def run(self, units):
+        import pickle
+
+        for unit in reversed(list(units)):
+            self.seen.append(unit.index)
+            yield unit.index, pickle.loads(pickle.dumps(unit))()
+
+
+def test_map_stage_output_does_not_depend_on_the_executor(tmp_path):
+    make_stage(tmp_path, units=3, k=2)
+    common = dict(in_dir=tmp_path / "generate", out_schema=TRACE, fn=drop_odd, config={}, in_schema="trace")
+    local = run_map_stage(name="verify", out_dir=tmp_path / "local", executor=LocalExecutor(1), **common)
+    executor = ReversedExecutor()
+    other = run_map_stage(name="verify", out_dir=tmp_path / "other", executor=executor, **common)
+    assert executor.seen == [2, 1, 0]
+    assert {k: v for k, v in local.items()} == {k: v for k, v in other.items()}
+    for part in sorted((tmp_path / "local").glob("part-*.parquet")):
+        assert pq.read_table(part).equals(pq.read_table(tmp_path / "other" / part.name))
+    assert list(ReversedExecutor().run([])) == [] and WorkUnit(0, len, ([1, 2],))() == 2

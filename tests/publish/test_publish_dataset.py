@@ -63,7 +63,7 @@ def test_folder_loads_into_domain_configs_all_and_rejected(run, tmp_path):
         assert all(SHARD.match(n) and int(SHARD.match(n)[3]) == len(names) for n in names)
         assert [int(SHARD.match(n)[2]) for n in names] == list(range(len(names)))
         meta = pq.read_schema(folder / "data" / sub / names[0]).metadata
-        assert meta[b"factory.core.schema"] in (b"curated", b"curated_rejected")
+        assert meta[b"factory.schema"] in (b"curated", b"curated_rejected")
     assert not (folder / "data" / "all").exists(), "`all` reads the domain shards; nothing is stored twice"
     assert not list(folder.parent.glob(".*")), "no scratch folder left behind"
 

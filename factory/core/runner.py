@@ -1,0 +1,51 @@
+"""The map-stage runner: every input part becomes one work unit, run by an executor, committed here.
+
+Unit i reads input part i and applies the stage's function; the executor decides where that runs
+(`factory.core.executor`), and this module alone writes and commits what comes back (through `StageDir`), so the
+exactly-once ledger does not depend on where a unit ran.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from factory.core.executor import Executor, LocalExecutor, WorkUnit
+from factory.core.progress import stage_progress
+from factory.core.schema import Schema
+from factory.core.shards import ShardResult, StageDir, fingerprint, list_parts, read_part, require_complete
+
+
+def apply_to_part(fn: Callable[[list[dict]], ShardResult], in_part: str, in_schema: str | None) -> ShardResult:
+    """A map unit's work, wherever it runs: read one input part and apply the stage's function to its rows."""
+    return fn(read_part(Path(in_part), in_schema).to_pylist())
+
+
+def run_map_stage(*, name: str, in_dir: Path, out_dir: Path, out_schema: Schema, fn: Callable[[list[dict]], ShardResult],
+                  config: dict, in_schema: str | None = None, rejected_schema: Schema | None = None,
+                  workers: int = 1, new_run: bool = False, extra: dict | None = None,
+                  executor: Executor | None = None) -> dict:
+    """Apply `fn` to every input part (unit i = input part i), committing each unit atomically as it finishes.
+
+    `executor` defaults to a `LocalExecutor(workers)`; `fn` must be picklable (a module-level function or a
+    functools.partial of one) for any executor that runs units outside this process.
+    """
+    in_dir, out_dir = Path(in_dir), Path(out_dir)
+    require_complete(in_dir)
+    parts = list_parts(in_dir)
+    in_manifest = json.loads((in_dir / "manifest.json").read_text()) if (in_dir / "manifest.json").exists() else {}
+    plan = {"input": str(in_dir.name), "input_fingerprint": in_manifest.get("fingerprint"),
+            "input_parts": [p.name for p in parts]}
+    stage = StageDir(out_dir, name, out_schema, rejected_schema)
+    stage.prepare(fingerprint({"config": config, "plan": plan}), config, plan, new_run)
+    done = stage.ledger()
+    units = {int(p.stem.split("-")[1]): p for p in parts}
+    pending = [WorkUnit(u, apply_to_part, (fn, str(units[u]), in_schema)) for u in sorted(units) if u not in done]
+    records_in = sum(pq.read_metadata(p).num_rows for p in parts)
+    with stage_progress(name, total_units=len(units), done_units=len(done)) as progress:
+        for unit, result in (executor or LocalExecutor(workers)).run(pending):
+            entry = stage.commit_result(unit, result)
+            progress.advance(rows=entry["rows"])
+    return stage.finalize(records_in, extra)
