@@ -15,7 +15,6 @@ benchmark, from the written outputs themselves.
 """
 from __future__ import annotations
 
-import functools
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -69,10 +68,18 @@ def build_filters(config: CurateConfig) -> list[RecordFilter]:
     return filters
 
 
-@functools.lru_cache(maxsize=2)
-def _chain(config_json: str) -> FilterChain:
-    """One chain per config per process: the language model and benchmark index load once per worker."""
-    return FilterChain(build_filters(CurateConfig.model_validate_json(config_json)))
+_CHAINS: dict[str, FilterChain] = {}
+
+
+def _chain(config: CurateConfig) -> FilterChain:
+    """One chain per config per process: the language model and benchmark index load once per worker. Keyed by the
+    config's repr (its values, nested blocks included), since a worker receives a fresh copy for every shard."""
+    key = repr(config)
+    if key not in _CHAINS:
+        if len(_CHAINS) >= 2:
+            _CHAINS.pop(next(iter(_CHAINS)))
+        _CHAINS[key] = FilterChain(build_filters(config))
+    return _CHAINS[key]
 
 
 def check_output_fields(fields: set[str], where: str) -> None:
@@ -96,7 +103,7 @@ def curate_records(records: list[dict], config: CurateConfig, where: str = "inpu
     if not records:
         return ShardResult(rows=[])
     check_output_fields(set(records[0]), where)
-    result = _chain(config.model_dump_json()).run(records, where)
+    result = _chain(config).run(records, where)
     work_names = load_schema("curate_work").names
     rejected_names = load_schema("rejected").names
     rows = []
@@ -111,9 +118,9 @@ def curate_records(records: list[dict], config: CurateConfig, where: str = "inpu
     return ShardResult(rows=rows, rejected=rejected, dropped=dict(dropped), stats=stats)
 
 
-def curate_shard(records: list[dict], config_json: str) -> ShardResult:
-    """The runner's `fn`: use as `functools.partial(curate_shard, config_json=config.model_dump_json())`."""
-    return curate_records(records, CurateConfig.model_validate_json(config_json))
+def curate_shard(records: list[dict], config: CurateConfig) -> ShardResult:
+    """The runner's `fn`: use as `functools.partial(curate_shard, config=config)` (the config travels pickled)."""
+    return curate_records(records, config)
 
 
 # --------------------------------------------------------------------------------------------------- dedupe

@@ -90,7 +90,7 @@ def curate_stage(in_dir: Path, out_dir: Path, config: CurateConfig, *, workers: 
 
     started = time.perf_counter()
     run_map_stage(name=f"{STAGE}:filter", in_dir=in_dir, out_dir=filter_dir, out_schema=load_schema("curate_work"),
-                  fn=functools.partial(curate_shard, config_json=config.model_dump_json()), config=config.decisive(),
+                  fn=functools.partial(curate_shard, config=config), config=config.decisive(),
                   rejected_schema=load_schema("rejected"), workers=workers or config.workers)
     filtered = time.perf_counter()
     dedupe = _dedupe_pass(filter_dir, stage, config)

@@ -10,7 +10,6 @@ normalized text instead.
 """
 from __future__ import annotations
 
-import functools
 import glob
 import hashlib
 import re
@@ -162,15 +161,18 @@ class NgramIndex:
         return self.names[bi], pid
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_index(config_json: str) -> NgramIndex:
-    config = DecontamConfig.model_validate_json(config_json)
-    return NgramIndex(load_benchmarks(config.benchmarks), config.ngram)
+_INDEXES: dict[str, NgramIndex] = {}
 
 
 def build_index(config: DecontamConfig) -> NgramIndex:
-    """The benchmark index for this config, built once per process (workers build their own, then only read)."""
-    return _cached_index(config.model_dump_json())
+    """The benchmark index for this config, built once per process (workers build their own, then only read);
+    keyed by the config's repr (its values), as a worker gets a fresh copy of the config per shard."""
+    key = repr(config)
+    if key not in _INDEXES:
+        if len(_INDEXES) >= 4:
+            _INDEXES.pop(next(iter(_INDEXES)))
+        _INDEXES[key] = NgramIndex(load_benchmarks(config.benchmarks), config.ngram)
+    return _INDEXES[key]
 
 
 class DecontamFilter(RecordFilter):
