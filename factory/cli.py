@@ -95,6 +95,21 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. outp
     typer.echo(f"report: {path}")
 
 
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="a run folder, e.g. outputs/demo")],
+         stage: Annotated[Optional[str], typer.Option(
+             "--stage", help="generate, verify or curate: examples per reason")] = None,
+         filter_: Annotated[Optional[str], typer.Option(
+             "--filter", help="only this filter's reasons (curate's filters, 'rejection sampling', 'kept')")] = None,
+         wrong: Annotated[bool, typer.Option(
+             "--wrong", help="eval's wrong answers beside the reference, pass rate per prompt")] = False,
+         n: Annotated[int, typer.Option("--n", min=1, help="examples per reason")] = 3):
+    """Look at a run's data in the terminal: the funnel, samples by stage/filter/reason, eval's wrong answers."""
+    from factory.report.show import show as show_run
+
+    _guard(show_run, run_dir, stage=stage, filter_=filter_, wrong=wrong, n=n)
+
+
 # typer names the option after the parameter; `--set` is the public spelling.
 for command in app.registered_commands:
     command.context_settings = {"help_option_names": ["-h", "--help"]}

@@ -1,160 +1,51 @@
-"""`factory report DIR`: one self-contained HTML page of a run — the funnel, trace length, pass rate,
-language consistency, the training loss and the eval table — written to `DIR/report.html`.
+"""`factory report DIR`: one self-contained HTML page of a run — the funnel (rejection counted where it happens)
+with curate's steps as tables, trace length, pass rate, language consistency, a browser of example samples per
+stage, filter and reason, the training loss, the eval table, eval's wrong answers beside the reference and the
+pass rate per prompt — written to `DIR/report.html`.
 
-Every section reads only its own stage's files (Parquet: only the column it plots) and says "not run" when that
-stage has not written them, so the report can be rendered at any point of a pipeline.
+Every section reads only its own stage's files (Parquet: only the columns it needs; text only for the examples it
+shows) and says "not run" when that stage has not written them, so the report can be rendered at any point of a
+pipeline. The funnel lives in `funnel.py`, the browser in `browser.py` / `samples.py`, the charts in `plots.py`.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from markupsafe import Markup
 
 from factory.core.shards import write_text_atomic
-from factory.report import plots
+from factory.report import plots, samples
+from factory.report.funnel import curate_tables, funnel_rows, read_json
+from factory.report.section import Section, describe, parquet_files, read_column
 
-STAGE_ORDER = ["generate", "verify", "curate", "sft", "eval", "publish"]
 REPORT_FILE = "report.html"
 TEMPLATE = "report.html.j2"
 SUMMARY_KEYS = ["model", "benchmark", "k", "n_problems", "pass@1", "pass@1_se", "cons@k", "mean_tokens",
                 "truncation_rate"]
 
 
-@dataclass
-class Section:
-    """One part of the page: `status` is 'ok', 'not run' or 'empty'; `notes` say what was skipped and why."""
-
-    id: str
-    title: str
-    status: str = "not run"
-    source: str = ""
-    plot: Markup | None = None
-    stats: dict[str, str] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-
-
-# --- reading -------------------------------------------------------------------------------------------------
-
-def stage_dirs(run_dir: Path) -> list[Path]:
-    """Stage folders holding a counts.json: the known stages in pipeline order, then any others by name."""
-    found = {p.parent.name: p.parent for p in run_dir.glob("*/counts.json")}
-    return [found[s] for s in STAGE_ORDER if s in found] + [found[s] for s in sorted(found) if s not in STAGE_ORDER]
-
-
-def read_json(path: Path, notes: list[str]) -> object | None:
-    """A JSON file's content, or None with a note naming the file when it cannot be read."""
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        notes.append(f"{path}: unreadable ({exc})")
-        return None
-
-
-def parquet_files(stage_dir: Path) -> list[Path]:
-    return sorted(p for p in stage_dir.glob("*.parquet") if not p.name.startswith("."))
-
-
-def read_column(stage_dir: Path, column: str, notes: list[str], per: str | None = None) -> np.ndarray | None:
-    """Values of `column` over the stage's Parquet files, reading only that column (and `per`, when given and
-    present: one value per distinct `per`, the first seen). None when no file has the column."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    chunks, seen, files_with = [], set(), 0
-    for path in parquet_files(stage_dir):
-        try:
-            names = pq.read_schema(path).names
-        except Exception as exc:  # a torn or foreign file must not sink the whole report
-            notes.append(f"{path.name}: unreadable Parquet ({exc})")
-            continue
-        if column not in names:
-            notes.append(f"{path.name}: no '{column}' column")
-            continue
-        files_with += 1
-        group = per if per is not None and per in names else None
-        table = pq.read_table(path, columns=[column] + ([group] if group else []))
-        values = table.column(column).cast(pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
-        if group:
-            keys = table.column(group).to_pylist()
-            first = np.fromiter((key not in seen and not seen.add(key) for key in keys), dtype=bool, count=len(keys))
-            values = values[first]
-        chunks.append(values)
-    if not files_with:
-        return None
-    return np.concatenate(chunks)
-
-
-def describe(values: np.ndarray) -> dict[str, str]:
-    finite = values[np.isfinite(values)]
-    if finite.size == 0:
-        return {"n": "0"}
-    return {"n": f"{finite.size:,}", "mean": plots.fmt(float(finite.mean())),
-            "median": plots.fmt(float(np.median(finite))), "p90": plots.fmt(float(np.percentile(finite, 90))),
-            "min": plots.fmt(float(finite.min())), "max": plots.fmt(float(finite.max()))}
-
-
 # --- sections ------------------------------------------------------------------------------------------------
 
-def funnel_section(run_dir: Path) -> tuple[Section, list[dict], dict | None]:
-    """Counts kept and dropped per stage and reason (every DIR/<stage>/counts.json), plus DIR/curate/funnel.json."""
+def funnel_section(run_dir: Path) -> tuple[Section, list[dict], list[dict]]:
+    """Counts kept and dropped per stage and reason (every DIR/<stage>/counts.json; rejection sampling counted at
+    verify), plus DIR/curate/funnel.json as tables."""
     section = Section("funnel", "Funnel: kept and dropped per stage", source="<stage>/counts.json")
-    rows: list[dict] = []
-    for stage_dir in stage_dirs(run_dir):
-        counts = read_json(stage_dir / "counts.json", section.notes)
-        if not isinstance(counts, dict):
-            if counts is not None:
-                section.notes.append(f"{stage_dir / 'counts.json'}: not a JSON object")
-            continue
-        try:
-            records_in, records_out = int(counts.get("records_in", 0)), int(counts.get("records_out", 0))
-            dropped = {str(k): int(v) for k, v in (counts.get("dropped") or {}).items()}
-        except (TypeError, ValueError, AttributeError) as exc:
-            section.notes.append(f"{stage_dir / 'counts.json'}: bad counts ({exc})")
-            continue
-        extra = counts.get("extra") or {}
-        rows.append({"stage": counts.get("stage") or stage_dir.name, "records_in": records_in,
-                     "records_out": records_out, "dropped": dict(sorted(dropped.items(), key=lambda kv: -kv[1])),
-                     "dropped_total": sum(dropped.values()),
-                     "kept_share": records_out / records_in if records_in else None,
-                     "extra": {k: json.dumps(v) if isinstance(v, (dict, list)) else str(v) for k, v in extra.items()}})
-    curate_funnel = None
+    rows = funnel_rows(run_dir, section.notes)
     funnel_file = run_dir / "curate" / "funnel.json"
-    if funnel_file.exists():
-        curate_funnel = tabulate(read_json(funnel_file, section.notes))
+    tables = curate_tables(read_json(funnel_file, section.notes)) if funnel_file.exists() else []
     if rows:
         section.status = "ok"
         reasons = list(dict.fromkeys(reason for row in rows for reason in row["dropped"]))
-        colors = {reason: plots.PALETTE[(i + 1) % len(plots.PALETTE)] for i, reason in enumerate(reasons)}
+        palette = [c for c in plots.PALETTE if c != plots.KEPT_COLOR]  # a drop never looks like "kept"
+        colors = {reason: palette[i % len(palette)] for i, reason in enumerate(reasons)}
         bars = [(row["stage"], [("kept", row["records_out"], plots.KEPT_COLOR)]
                  + [(reason, n, colors[reason]) for reason, n in row["dropped"].items()]) for row in rows]
         section.plot = Markup(plots.stacked_bars(bars, "Share of each stage's input kept, and dropped by reason"))
-    return section, rows, curate_funnel
-
-
-def tabulate(data: object) -> dict | None:
-    """Any JSON funnel description as {columns, rows} for a plain table: a list of objects, an object of objects
-    (its keys become the first column), or an object of scalars (name, value)."""
-    def cell(v: object) -> str:
-        return json.dumps(v) if isinstance(v, (dict, list)) else ("" if v is None else str(v))
-
-    if isinstance(data, dict) and isinstance(data.get("steps"), list):
-        data = data["steps"]
-    if isinstance(data, list) and data and all(isinstance(d, dict) for d in data):
-        columns = list(dict.fromkeys(k for d in data for k in d))
-        return {"columns": columns, "rows": [[cell(d.get(c)) for c in columns] for d in data]}
-    if isinstance(data, dict) and data and all(isinstance(v, dict) for v in data.values()):
-        columns = ["step"] + list(dict.fromkeys(k for v in data.values() for k in v))
-        return {"columns": columns, "rows": [[k] + [cell(v.get(c)) for c in columns[1:]] for k, v in data.items()]}
-    if isinstance(data, dict) and data:
-        return {"columns": ["name", "value"], "rows": [[k, cell(v)] for k, v in data.items()]}
-    if data is None:
-        return None
-    return {"columns": ["value"], "rows": [[cell(data)]]}
+    return section, rows, tables
 
 
 def distribution_section(run_dir: Path, section_id: str, title: str, stage: str, column: str, x_label: str,
@@ -256,21 +147,22 @@ def eval_section(run_dir: Path) -> tuple[Section, dict | None]:
 # --- page ----------------------------------------------------------------------------------------------------
 
 def build_context(run_dir: Path) -> dict:
-    funnel, funnel_rows, curate_funnel = funnel_section(run_dir)
+    funnel, funnel_table, curate_funnel = funnel_section(run_dir)
     evaluation, eval_table = eval_section(run_dir)
     distributions = [
         distribution_section(run_dir, "trace-length", "Trace length", "generate", "completion_tokens",
                              "completion tokens"),
-        distribution_section(run_dir, "pass-rate", "Pass rate per prompt", "verify", "pass_rate",
-                             "share of the k samples that are correct", per="prompt_id", value_range=(0.0, 1.0)),
-        distribution_section(run_dir, "lang-consistency", "Language consistency", "curate", "lang_consistency",
-                             "share of target-language words in the CoT", value_range=(0.0, 1.0)),
+        samples.with_prompt_table(run_dir, distribution_section(
+            run_dir, "pass-rate", "Pass rate per prompt", "verify", "pass_rate",
+            "share of the k samples that are correct", per="prompt_id", value_range=(0.0, 1.0))),
+        samples.lang_section(run_dir),
     ]
     return {"run_name": run_dir.resolve().name, "run_dir": str(run_dir),
             "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-            "funnel": funnel, "funnel_rows": funnel_rows, "curate_funnel": curate_funnel,
-            "distributions": distributions, "loss": loss_section(run_dir), "evaluation": evaluation,
-            "eval_table": eval_table}
+            "funnel": funnel, "funnel_rows": funnel_table, "curate_funnel": curate_funnel,
+            "distributions": distributions, "samples": samples.samples_section(run_dir),
+            "loss": loss_section(run_dir), "evaluation": evaluation, "eval_table": eval_table,
+            "wrong": samples.wrong_section(run_dir), "prompts": samples.prompts_section(run_dir)}
 
 
 def render_report(run_dir: Path) -> str:

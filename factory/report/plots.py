@@ -222,3 +222,42 @@ def grouped_bars(groups: list[str], series: list[str], values: dict[tuple[str, s
                      f'fill="{PALETTE[si % len(PALETTE)]}"/><text class="tick" x="{frame.right - 134}" '
                      f'y="{frame.top + 5 + 16 * si}">{escape(name)}</text>')
     return _svg(parts, title, kind="bars")
+
+
+def stacked_histogram(series: list[tuple[str, np.ndarray, str]], title: str, x_label: str,
+                      value_range: tuple[float, float] = (0.0, 1.0), bins: int = 20,
+                      threshold: float | None = None) -> str:
+    """Fixed-width bins over `value_range`, one stacked colour per series (name, values, color), so a score that
+    is mostly 1.0 still shows its spread; an optional dashed `threshold` line (a filter's cut-off)."""
+    edges = np.linspace(value_range[0], value_range[1], bins + 1)
+    counts = []
+    for _, values, _ in series:
+        values = np.asarray(values, dtype=float)
+        values = np.clip(values[np.isfinite(values)], value_range[0], value_range[1])
+        counts.append(np.histogram(values, bins=edges)[0])
+    totals = np.sum(counts, axis=0) if counts else np.zeros(bins)
+    if not totals.any():
+        return _svg(['<text class="tick" x="360" y="140" text-anchor="middle">no values</text>'], title, kind="hist")
+    frame = _Frame((float(edges[0]), float(edges[-1])), (0.0, float(totals.max()) * 1.08))
+    parts = frame.axes(nice_ticks(*value_range, 5), nice_ticks(0, float(totals.max()), 4), x_label, "count")
+    below = np.zeros(bins)
+    for (name, _, color), count in zip(series, counts):
+        for b in range(bins):
+            if count[b] == 0:
+                continue
+            x, w = frame.x(edges[b]), max(frame.x(edges[b + 1]) - frame.x(edges[b]) - 1, 0.8)
+            y_top, y_low = frame.y(below[b] + count[b]), frame.y(below[b])
+            parts.append(f'<rect class="bar" x="{x + 0.5:.1f}" y="{y_top:.1f}" width="{w:.1f}" '
+                         f'height="{y_low - y_top:.1f}" fill="{color}"><title>{escape(name)} '
+                         f'{fmt(edges[b])}–{fmt(edges[b + 1])}: {int(count[b])}</title></rect>')
+        below += count
+    if threshold is not None and value_range[0] <= threshold <= value_range[1]:
+        x = frame.x(threshold)
+        parts.append(f'<line class="threshold" x1="{x:.1f}" y1="{frame.top}" x2="{x:.1f}" y2="{frame.bottom}" '
+                     f'stroke="#333" stroke-dasharray="4 3"/><text class="tick" x="{x - 4:.1f}" y="{frame.top + 10}" '
+                     f'text-anchor="end">cut-off {fmt(threshold)}</text>')
+    for i, (name, _, color) in enumerate(series):
+        parts.append(f'<rect class="key" x="{frame.left + 10}" y="{frame.top + 4 + 16 * i}" width="10" height="10" '
+                     f'fill="{color}"/><text class="tick" x="{frame.left + 24}" y="{frame.top + 13 + 16 * i}">'
+                     f'{escape(name)}</text>')
+    return _svg(parts, title, kind="hist")

@@ -23,7 +23,9 @@ from factory.report.html import render_report, write_report
 from factory.core.schema import load_schema
 
 K = 4
-SECTIONS = ["funnel", "trace-length", "pass-rate", "lang-consistency", "loss", "eval"]
+SECTIONS = ["funnel", "trace-length", "pass-rate", "lang-consistency", "samples", "loss", "eval", "wrong-answers",
+            "prompt-pass-rates"]
+PLOTTED = ["funnel", "trace-length", "pass-rate", "lang-consistency", "loss", "eval"]
 
 
 def trace_rows(prompt_ids: list[str], rng: random.Random) -> list[dict]:
@@ -98,6 +100,7 @@ def make_run(root: Path) -> Path:
                                      "finish_reason": rng.choice(["stop"] * 9 + ["length"])})
     rows = summarize(verdicts)
     write_summary(rows, run / "eval")
+    pq.write_table(pa.Table.from_pylist(verdicts), run / "eval" / "part-00000.parquet")
     (run / "eval" / "counts.json").write_text(json.dumps({"stage": "eval", "records_in": len(verdicts),
                                                           "records_out": len(verdicts), "dropped": {}, "extra": {}}))
     return run
@@ -143,7 +146,7 @@ def test_report_has_every_section_with_plots_and_tables(tmp_path):
     html = path.read_text()
     dom = parse(html)
     assert list(dom.by_section) == SECTIONS
-    for section in ("funnel", "trace-length", "pass-rate", "lang-consistency", "loss", "eval"):
+    for section in PLOTTED:
         assert dom.by_section[section].get("svg") == 1, section
     assert dom.by_section["funnel"]["table"] == 2  # counts per stage, curate/funnel.json steps
     assert dom.by_section["eval"]["table"] == 2  # models × benchmarks grid, all rows
@@ -190,8 +193,13 @@ def test_parquet_read_only_needed_columns(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pq, "read_table", recording_read_table)
     render_report(run)
-    assert sorted(set(requested)) == [("curate", ("lang_consistency",)), ("generate", ("completion_tokens",)),
-                                      ("verify", ("pass_rate", "prompt_id"))]
+    # the plots read their one column; the sample browser names its columns too (never a whole table)
+    assert {("curate", ("lang_consistency",)), ("generate", ("completion_tokens",)),
+            ("verify", ("pass_rate", "prompt_id"))} <= set(requested)
+    assert all(columns is not None for _, columns in requested)
+    # text columns are read once per file holding a chosen example, not once per reason
+    texts = [(stage, columns) for stage, columns in requested if "completion" in columns or "problem" in columns]
+    assert len(texts) <= len(list(run.glob("*/part-*.parquet")) + list(run.glob("*/rejected/part-*.parquet")))
 
 
 def test_bad_stage_files_are_named_not_fatal(tmp_path):
@@ -237,7 +245,7 @@ def test_report_in_headless_chromium(tmp_path):
     report = write_report(run)
     dom = parse(chromium("--dump-dom", report.as_uri()).stdout)
     assert list(dom.by_section) == SECTIONS
-    for section in SECTIONS:
+    for section in PLOTTED:
         assert dom.by_section[section].get("svg") == 1, section
     assert dom.by_section["funnel"]["table"] == 2 and dom.by_section["eval"]["table"] == 2
     # the browser built the plots' shapes: histogram bars, funnel segments, the loss lines, eval bars
