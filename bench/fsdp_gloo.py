@@ -24,9 +24,10 @@ import torch.distributed as dist
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from factory.train.attention import register_varlen_attention  # noqa: E402
 from factory.train.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint  # noqa: E402
 from factory.train.loss import install_fused_loss  # noqa: E402
-from factory.train.packing import collate_packed, model_kwargs, plan_epoch, register_varlen_attention  # noqa: E402
+from factory.train.packing import collate_packed, model_kwargs, plan_epoch  # noqa: E402
 
 
 def samples(n: int, vocab: int):

@@ -41,7 +41,8 @@ SHAPES = {
                num_key_value_heads=4, vocab_size=152064, tie_word_embeddings=False),
 }
 # name: (shape, kind, options). "ours" options: mode, ckpt (gradient checkpointing), micro (micro-batch tokens),
-# kernel (SFTConfig.attention_kernel), launch (an accelerate config: FSDP2), batch (samples per optimizer step)
+# kernel (SFTConfig.attention_kernel), launch (an accelerate config: FSDP2), batch (samples per optimizer step);
+# A/B switches: manual_gc / ungrouped (SFTConfig.manual_gc / group_projections), bf16_wgrad (no fp32-output GEMMs)
 _FULL = {"mode": "full", "ckpt": False, "micro": 16384, "liger": True, "batch": 64}
 CASES = {
     "check": ("1p5b", "check", {}),
@@ -54,7 +55,7 @@ CASES = {
     # fp32 GEMMs, ragged cuDNN attention, GC between steps) and what each part replaced
     "full_1p5b": ("1p5b", "ours", {**_FULL, "kernel": "auto"}),
     "full_1p5b_hybrid": ("1p5b", "ours", {**_FULL, "kernel": "hybrid"}),
-    "full_1p5b_autogc": ("1p5b", "ours", {**_FULL, "kernel": "auto", "env": {"FACTORY_MANUAL_GC": "0"}}),
+    "full_1p5b_autogc": ("1p5b", "ours", {**_FULL, "kernel": "auto", "manual_gc": False}),
     "full_1p5b_20k": ("1p5b", "ours", {**_FULL, "kernel": "auto", "micro": 20480}),
     "full_1p5b_bf16_wgrad": ("1p5b", "ours", {**_FULL, "kernel": "auto", "bf16_wgrad": True}),
     "full_1p5b_ungrouped": ("1p5b", "ours", {**_FULL, "kernel": "auto", "ungrouped": True}),
@@ -153,7 +154,7 @@ def run_check(shape: str, opts: dict) -> dict:
     import torch
 
     from factory.train.loss import fused_linear_cross_entropy, naive_cross_entropy
-    from factory.train.packing import _reference_varlen, varlen_attention_forward
+    from factory.train.attention import _reference_varlen, varlen_attention_forward
 
     torch.manual_seed(0)
     res = {}
@@ -166,10 +167,10 @@ def run_check(shape: str, opts: dict) -> dict:
                             128 ** -0.5)[None]
     ref_grads = torch.autograd.grad(ref.square().sum(), (q64, k64, v64))
     rel = lambda a, b: float((a.double() - b).norm() / b.norm())  # noqa: E731
-    from factory.train import packing
+    from factory.train import attention
 
     for kernel in ("flash", "cudnn", "hybrid", "ragged"):
-        packing.CUDA_KERNEL = kernel
+        attention.ACTIVE.kernel = kernel  # set directly: set_cuda_kernel refuses ragged where it cannot run
         name = "varlen" if kernel == "flash" else kernel
         try:
             out, _ = varlen_attention_forward(None, q, k, v, None, scaling=128 ** -0.5, cu_seq_lens_q=cu,
@@ -179,7 +180,7 @@ def run_check(shape: str, opts: dict) -> dict:
             res[f"{name}_grad_rel_err"] = max(rel(a, b) for a, b in zip(grads, ref_grads))
         except Exception as exc:  # report, don't hide
             res[f"{name}_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    packing.CUDA_KERNEL = "flash"
+    attention.ACTIVE.kernel = "flash"
     head = torch.nn.Linear(1536, 151936, bias=False, device="cuda", dtype=torch.bfloat16)
     h = torch.randn(6000, 1536, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     t = torch.randint(0, 151936, (6000,), device="cuda")
@@ -224,7 +225,7 @@ def _check_folded_linear() -> dict:
     against float64 (same bf16 inputs and output gradients), next to autograd's bf16 gradients summed in fp32."""
     import torch
 
-    from factory.train import compute_copy
+    from factory.train import compute_copy, grad_folding
 
     torch.manual_seed(0)
     master = torch.nn.Sequential(torch.nn.Linear(1536, 8960, device="cuda"))
@@ -237,7 +238,7 @@ def _check_folded_linear() -> dict:
     ref_bias = sum(g.double().sum(0) for g in gs)
     bf16_sum = sum((g.t() @ x).float() for x, g in zip(xs, gs))
     rel = lambda a, b: float((a.double() - b).norm() / b.norm())  # noqa: E731
-    res = {"folded_fp32_gemm": compute_copy._FP32_GEMM[0],
+    res = {"folded_fp32_gemm": grad_folding.FP32_GEMM[0],
            "folded_weight_grad_rel_err": rel(master[0].weight.grad, ref),
            "bf16_grads_summed_rel_err": rel(bf16_sum, ref),
            "folded_bias_grad_rel_err": rel(master[0].bias.grad, ref_bias)}
@@ -284,27 +285,27 @@ def run_attn(shape: str, opts: dict) -> dict:
     """fwd+bwd time of the packed attention kernels for one 16k-token micro-batch (Qwen2.5-1.5B heads)."""
     import torch
 
-    from factory.train import packing
+    from factory.train import attention
 
     res = {}
-    default_kernel = packing.CUDA_KERNEL
+    default_kernel = attention.ACTIVE.kernel
     heads, kv, dim = (12, 2, 128) if shape == "1p5b" else (28, 4, 128)
     kernels = ("flash", "cudnn", "hybrid", "ragged")
     for docs in ([16384], [9000, 5000, 2384], [4096] * 4, [5000, 3100, 2500, 2000, 1800, 1200, 700]):
         total = sum(docs)
         bounds = [0] + torch.tensor(docs).cumsum(0).tolist()
         cu = torch.tensor(bounds, dtype=torch.int32, device="cuda")
-        packing.remember_bounds(cu, bounds)
+        attention.remember_bounds(cu, bounds)
         q = torch.randn(1, heads, total, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         k = torch.randn(1, kv, total, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         v = torch.randn(1, kv, total, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         flops = sum(2 * d * d * heads * dim for d in docs) * 3.5  # causal fwd (2 matmuls, /2) x (1 fwd + 2.5 bwd)
         for kernel in kernels:
-            packing.CUDA_KERNEL = kernel
+            attention.ACTIVE.kernel = kernel
             try:
                 def step():
-                    out, _ = packing.varlen_attention_forward(None, q, k, v, None, scaling=dim ** -0.5,
-                                                              cu_seq_lens_q=cu, max_length_q=max(docs))
+                    out, _ = attention.varlen_attention_forward(None, q, k, v, None, scaling=dim ** -0.5,
+                                                                cu_seq_lens_q=cu, max_length_q=max(docs))
                     out.sum().backward()
                 res[f"{kernel}_{len(docs)}docs_first_ms"] = round(_gpu_ms(step, 1, warmup=0), 1)
                 ms = _gpu_ms(step, 10)
@@ -319,8 +320,8 @@ def run_attn(shape: str, opts: dict) -> dict:
 
     rng = np.random.default_rng(1)
     for kernel in ("flash", "hybrid", "ragged"):
-        packing.CUDA_KERNEL = kernel
-        res[f"{kernel}_warmup_s"] = round(packing.warm_cudnn_plans(
+        attention.ACTIVE.kernel = kernel
+        res[f"{kernel}_warmup_s"] = round(attention.warm_cudnn_plans(
             Qwen2Config(hidden_size=heads * dim, num_attention_heads=heads, num_key_value_heads=kv), 16384,
             torch.device("cuda")), 2)
         firsts = []
@@ -329,18 +330,18 @@ def run_attn(shape: str, opts: dict) -> dict:
             docs = np.diff(np.concatenate([[0], cuts, [16384]])).tolist()
             bounds = [0] + np.cumsum(docs).tolist()
             cu = torch.tensor(bounds, dtype=torch.int32, device="cuda")
-            packing.remember_bounds(cu, bounds)
+            attention.remember_bounds(cu, bounds)
             q = torch.randn(1, heads, 16384, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
             k = torch.randn(1, kv, 16384, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
             v = torch.randn(1, kv, 16384, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
 
             def first_call():
-                out, _ = packing.varlen_attention_forward(None, q, k, v, None, scaling=dim ** -0.5,
-                                                          cu_seq_lens_q=cu, max_length_q=max(docs))
+                out, _ = attention.varlen_attention_forward(None, q, k, v, None, scaling=dim ** -0.5,
+                                                            cu_seq_lens_q=cu, max_length_q=max(docs))
                 out.sum().backward()
             firsts.append(round(_gpu_ms(first_call, 1, warmup=0), 1))
         res[f"{kernel}_new_shape_first_ms"] = firsts
-    packing.CUDA_KERNEL = default_kernel
+    attention.ACTIVE.kernel = default_kernel
     return res
 
 
@@ -359,15 +360,12 @@ def run_ours(shape: str, opts: dict) -> dict:
                     max_steps=n_steps, global_batch_size=batch, micro_batch_tokens=opts["micro"],
                     max_length=opts["micro"], gradient_checkpointing=opts["ckpt"], liger=opts["liger"],
                     warmup_ratio=0.0, save_every_steps=0, progress=False, precision="fp32" if DRY else "bf16",
-                    attention_kernel=opts["kernel"])
+                    attention_kernel=opts["kernel"], manual_gc=opts.get("manual_gc", True),
+                    group_projections=not opts.get("ungrouped"))  # ungrouped: q/k/v, gate/up Linear by Linear
     if opts.get("bf16_wgrad"):  # the compute copy's Linear gradients as bf16 GEMMs + fp32 adds (the A/B baseline)
-        from factory.train import compute_copy
+        from factory.train import grad_folding
 
-        compute_copy._FP32_GEMM[0] = False
-    if opts.get("ungrouped"):  # q/k/v and gate/up backward Linear by Linear (the A/B baseline)
-        from factory.train import compute_copy
-
-        compute_copy.GROUP_PROJECTIONS[0] = False
+        grad_folding.FP32_GEMM[0] = False
     with tempfile.TemporaryDirectory() as tmp:
         if opts.get("profile"):
             return profile_ours(cfg, samples, tmp, config)

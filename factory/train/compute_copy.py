@@ -21,36 +21,8 @@ import types
 import torch
 import torch.nn.functional as F
 
-_FP32_GEMM = [True]  # cleared if this torch's CUDA mm lacks out_dtype (then: bf16 GEMM, fp32 add)
-GROUP_PROJECTIONS = [True]  # q/k/v and gate/up: one backward per group (projection_groups.py); off: per Linear
-
-
-def _fold_matmul(master: torch.nn.Parameter, a: torch.Tensor, b: torch.Tensor) -> None:
-    """master.grad (fp32) += a @ b, a and b bf16. On CUDA the GEMM accumulates into the fp32 gradient itself;
-    elsewhere it rounds to bf16 first, exactly like autograd's own weight gradient followed by a hook's add."""
-    if a.is_cuda and _FP32_GEMM[0]:
-        try:
-            if master.grad is None:
-                master.grad = torch.mm(a, b, out_dtype=torch.float32)
-            else:
-                torch.addmm(master.grad, a, b, out_dtype=torch.float32, out=master.grad)
-            return
-        except (RuntimeError, TypeError):
-            _FP32_GEMM[0] = False
-    _add_grad(master, a.mm(b))
-
-
-def _fold_sum(master: torch.nn.Parameter, g: torch.Tensor) -> None:
-    """master.grad += g.sum(0): summed in fp32 on CUDA, in g's dtype elsewhere (autograd's bias gradient)."""
-    _add_grad(master, g.sum(0, dtype=torch.float32) if g.is_cuda else g.sum(0))
-
-
-def _add_grad(master: torch.nn.Parameter, grad: torch.Tensor) -> None:
-    """master.grad += grad, in the master's dtype (the first gradient of a step is cast, not added to zeros)."""
-    if master.grad is None:
-        master.grad = grad.to(master.dtype)
-    else:
-        master.grad.add_(grad)
+from factory.train import projection_groups
+from factory.train.grad_folding import add_grad, fold_matmul, fold_sum
 
 
 class _FoldedLinear(torch.autograd.Function):
@@ -68,9 +40,9 @@ class _FoldedLinear(torch.autograd.Function):
         master_weight, master_bias = ctx.masters
         g = grad_out.reshape(-1, grad_out.shape[-1])
         grad_x = g.mm(weight).view(*grad_out.shape[:-1], weight.shape[1]) if ctx.needs_input_grad[0] else None
-        _fold_matmul(master_weight, g.t(), x.reshape(-1, x.shape[-1]))
+        fold_matmul(master_weight, g.t(), x.reshape(-1, x.shape[-1]))
         if master_bias is not None:
-            _fold_sum(master_bias, g)
+            fold_sum(master_bias, g)
         return grad_x, None, None, None, None
 
 
@@ -82,9 +54,10 @@ def _folded_forward(master: torch.nn.Linear):
 
 
 class BF16ComputeCopy:
-    """A bf16 copy of `master` (an fp32 module) whose gradients accumulate into the master's `.grad` in fp32."""
+    """A bf16 copy of `master` (an fp32 module) whose gradients accumulate into the master's `.grad` in fp32.
+    `group_projections`: q/k/v and gate/up run one backward per group (projection_groups.py); off: per Linear."""
 
-    def __init__(self, master: torch.nn.Module, dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, master: torch.nn.Module, dtype: torch.dtype = torch.bfloat16, group_projections: bool = True):
         self.module = copy.deepcopy(master)
         for param in self.module.parameters():  # parameters only: buffers (RoPE inv_freq) keep their fp32
             param.data = param.data.to(dtype)
@@ -96,11 +69,7 @@ class BF16ComputeCopy:
         for m, c in zip(masters, copies):
             c.requires_grad_(m.requires_grad)
         folded: set[int] = set()  # parameters of Linear layers whose gradients the GEMM folds in itself
-        self.groups = []
-        if GROUP_PROJECTIONS[0]:
-            from factory.train.projection_groups import group_projections
-
-            self.groups = group_projections(master, self.module)
+        self.groups = projection_groups.group_projections(master, self.module) if group_projections else []
         for group in self.groups:
             folded.update(id(p) for c in group.copies for p in c.parameters())
         head = self.module.get_output_embeddings() if hasattr(self.module, "get_output_embeddings") else None
@@ -114,7 +83,7 @@ class BF16ComputeCopy:
     @staticmethod
     def _hook(master: torch.nn.Parameter):
         def accumulate(param: torch.Tensor) -> None:
-            _add_grad(master, param.grad)
+            add_grad(master, param.grad)
             param.grad = None  # the bf16 gradient is freed as soon as it is folded in
         return accumulate
 

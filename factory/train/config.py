@@ -1,17 +1,18 @@
 """Configuration of the SFT stage: one pydantic model, unknown keys are errors that name the key."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from factory.core.config import ConfigError, Strict, apply_overrides, format_validation_error, read_yaml_mapping
 
 
-class LoRAConfig(BaseModel):
+class LoRAConfig(Strict):
     """LoRA adapter settings (peft). `target_modules: auto` picks the per-architecture table in `model.py`."""
-
-    model_config = ConfigDict(extra="forbid")
 
     r: int = Field(64, ge=1, le=4096)
     alpha: float = Field(128.0, gt=0)
@@ -20,10 +21,8 @@ class LoRAConfig(BaseModel):
     merge_on_export: bool = True
 
 
-class SFTConfig(BaseModel):
+class SFTConfig(Strict):
     """Everything `run_sft` needs. Batch sizes count samples (conversations), the paper's unit."""
-
-    model_config = ConfigDict(extra="forbid")
 
     student: str = Field(..., description="Hugging Face model id or local folder of a causal LM")
     init: Literal["pretrained", "random"] = Field(
@@ -63,15 +62,25 @@ class SFTConfig(BaseModel):
     bf16_compute_copy: bool = Field(
         True, description="full FT in bf16 in one process (no FSDP): fp32 master weights, compute on a bf16 copy "
                           "refreshed once per step (FSDP2's numerics, without its per-micro-batch casts)")
-    # Only the registered varlen attention keeps packed samples apart: transformers 5.19's sdpa/eager with
-    # restarting position ids and no mask attend across samples (tests/test_train_packing.py shows the leak).
-    attn_implementation: Literal["auto", "varlen"] = Field(
-        "auto", description="varlen: flash/cuDNN attention per sample on GPU, per-sample SDPA on CPU")
+    # Attention is always the registered varlen function (attention.py): transformers 5.19's sdpa/eager with
+    # restarting position ids and no mask attend across packed samples (tests/train/test_train_packing.py).
     attention_kernel: Literal["auto", "ragged", "hybrid", "flash", "cudnn"] = Field(
         "auto", description="CUDA kernel of the varlen attention: ragged = the whole packed row in one cuDNN call "
-                            "(needs nvidia-cudnn-frontend and an sm90+ GPU); hybrid = cuDNN for samples >= 2k "
-                            "tokens, flash varlen for shorter ones; flash = flash varlen only; cudnn = cuDNN per "
-                            "sample; auto = ragged where it can run, else hybrid")
+                            "(needs nvidia-cudnn-frontend and an sm90+ GPU); hybrid = cuDNN for samples >= "
+                            "cudnn_min_len tokens, flash varlen for shorter ones; flash = flash varlen only; cudnn = "
+                            "cuDNN per sample; auto = ragged where it can run, else hybrid")
+    cudnn_min_len: int = Field(
+        2048, ge=0, description="hybrid kernel: samples of at least this many tokens go through cuDNN, runs of "
+                                "shorter ones through flash varlen")
+    cudnn_bucket: int = Field(
+        256, ge=1, description="hybrid and cudnn kernels: a sample's length is padded to a multiple of this for "
+                               "cuDNN (one execution plan per bucket)")
+    group_projections: bool = Field(
+        True, description="compute copy: q/k/v and gate/up projections run one backward per group (one GEMM pair "
+                          "for q/k/v); off: one backward per Linear")
+    manual_gc: bool = Field(
+        True, description="GPU: Python's garbage collector runs once per optimizer step, not mid-step "
+                          "(Megatron-LM's --manual-gc); off: Python's automatic collection")
     liger: bool = Field(False, description="Liger RMSNorm/SwiGLU/RoPE kernels (GPU, needs liger-kernel)")
     loss_impl: Literal["auto", "liger", "torch"] = Field(
         "auto", description="fused linear+cross-entropy: liger (Triton) when installed on GPU, else torch")
@@ -93,23 +102,24 @@ class SFTConfig(BaseModel):
         return self
 
 
-def load_sft_config(path: str | Path, overrides: dict[str, Any] | None = None) -> SFTConfig:
+def load_sft_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> SFTConfig:
     """Read an SFT recipe: a YAML file whose `sft:` block (or whole body) holds SFTConfig fields.
 
-    `overrides` use dotted keys (`{"mode": "lora", "lora.r": 16}`), as CLI flags would.
+    `overrides`: `--set` items relative to that block (`["mode=lora", "lora.r=16"]`, factory.core.config's
+    parser), or the same as a dict of dotted keys and values (`{"mode": "lora", "lora.r": 16}`).
     """
-    raw = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a mapping, got {type(raw).__name__}")
-    body = raw.get("sft", raw) if isinstance(raw.get("sft", raw), dict) else raw
-    body = dict(body)
-    for key, value in (overrides or {}).items():
-        node = body
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
+    raw = read_yaml_mapping(path)
+    body = raw["sft"] if isinstance(raw.get("sft"), dict) else raw
+    apply_overrides(body, _as_set_items(overrides or []))
     try:
         return SFTConfig.model_validate(body)
-    except Exception as exc:  # pydantic's message names the key; add the file
-        raise ValueError(f"{path}: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, str(path))) from None
+
+
+def _as_set_items(overrides: list[str] | dict[str, Any]) -> list[str]:
+    """Dict overrides as `key=value` items (the value in YAML, which the one `--set` parser reads back exactly)."""
+    if isinstance(overrides, dict):
+        return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=math.inf)}"
+                for key, value in overrides.items()]
+    return list(overrides)

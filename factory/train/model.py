@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
+from factory.train.attention import register_varlen_attention
 from factory.train.config import SFTConfig
-from factory.train.packing import register_varlen_attention
 
 # LoRA targets per architecture (model_type): all projections of attention and MLP, as in the QLoRA/LoRA-without-
 # regret findings (MLP adapters matter most for SFT). Anything else falls back to peft's "all-linear".
@@ -20,10 +20,11 @@ class StudentError(ValueError):
     """The student model cannot be trained as configured."""
 
 
-def resolve_precision(cfg: SFTConfig, device: torch.device) -> str:
+def resolve_precision(cfg: SFTConfig, device: torch.device | str) -> str:
+    """The run's precision, "bf16" or "fp32": `cfg.precision`, where auto is bf16 on a GPU and fp32 elsewhere."""
     if cfg.precision != "auto":
         return cfg.precision
-    return "bf16" if device.type == "cuda" else "fp32"
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
 
 
 def check_causal_lm(config, student: str) -> None:

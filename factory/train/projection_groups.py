@@ -9,7 +9,7 @@ bit for bit), but as one autograd node, so the backward sees all output gradient
   one weight-gradient GEMM accumulating in fp32 into one buffer whose row blocks are the masters' `.grad`, one
   column sum for the biases (three k/v/q bias sums cost 90 us per layer, as much as their GEMMs);
 - wide groups (gate/up): each member's data gradient accumulates into the previous one inside the GEMM (addmm,
-  beta = 1: no add kernel), weight gradients per member as in `_FoldedLinear`.
+  beta = 1: no add kernel), weight gradients per member as in compute_copy's `_FoldedLinear`.
 H100, one 16k-token row, Qwen2.5-1.5B (bench/sft.py `gemm`): q/k/v backward 0.46 ms -> 0.32 ms; 7B 1.67 -> 1.47.
 Concatenating gate/up instead costs more than it saves (2.45 -> 2.99 ms): their gradients are 8960 wide. Full
 fine-tuning of the 1.5B shape, steady-state steps: 0.7% and 1.5% faster in two runs (bench/results/README.md).
@@ -25,7 +25,7 @@ import types
 import torch
 import torch.nn.functional as F
 
-from factory.train.compute_copy import _FP32_GEMM, _add_grad, _fold_matmul, _fold_sum
+from factory.train.grad_folding import add_grad, addmm_fp32, fold_matmul, fold_sum
 
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -76,21 +76,21 @@ class ProjectionGroup:
                 sums = g.sum(0, dtype=torch.float32) if g.is_cuda else g.sum(0)
                 for part, m in zip(sums.split(self.widths), self.masters):
                     if m.bias is not None:
-                        _add_grad(m.bias, part)
+                        add_grad(m.bias, part)
             return grad_x
         if need_x:
             grad_x = grads[0].mm(self.copies[0].weight)
             for g, c in zip(grads[1:], self.copies[1:]):
                 grad_x.addmm_(g, c.weight)
         for g, m in zip(grads, self.masters):
-            _fold_matmul(m.weight, g.t(), x)
+            fold_matmul(m.weight, g.t(), x)
             if m.bias is not None:
-                _fold_sum(m.bias, g)
+                fold_sum(m.bias, g)
         return grad_x
 
     def _fold_stacked(self, g: torch.Tensor, x: torch.Tensor) -> None:
         """masters' weight grads += g.T @ x as one GEMM into one buffer whose row blocks are their `.grad`: on CUDA
-        the GEMM accumulates in fp32 itself, elsewhere it rounds to the compute dtype first (like `_fold_matmul`)."""
+        the GEMM accumulates in fp32 itself, elsewhere it rounds to the compute dtype first (like `fold_matmul`)."""
         weights = [m.weight for m in self.masters]
         if self._grad is None:
             self._grad = torch.empty(sum(self.widths), x.shape[1], dtype=weights[0].dtype, device=weights[0].device)
@@ -101,15 +101,10 @@ class ProjectionGroup:
                 w.grad = view
         elif not all(w.grad is not None and w.grad.data_ptr() == v.data_ptr() for w, v in zip(weights, views)):
             for part, w in zip(g.split(self.widths, dim=1), weights):  # gradients replaced by someone else
-                _fold_matmul(w, part.t(), x)
+                fold_matmul(w, part.t(), x)
             return
-        if g.is_cuda and _FP32_GEMM[0]:
-            try:
-                torch.addmm(self._grad, g.t(), x, out_dtype=torch.float32, out=self._grad)
-                return
-            except (RuntimeError, TypeError):
-                _FP32_GEMM[0] = False
-        self._grad.add_(g.t().mm(x))
+        if not addmm_fp32(self._grad, g.t(), x):
+            self._grad.add_(g.t().mm(x))
 
 
 class _GroupedLinear(torch.autograd.Function):

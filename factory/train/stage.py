@@ -157,22 +157,14 @@ def run_sft_stage(cfg, out_dir: str | Path, *, new_run: bool = False) -> dict:
     return run_sft(sft, out_dir)
 
 
-def _parse_value(text: str):
-    return yaml.safe_load(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="recipe YAML (an sft: block or SFTConfig fields)")
     parser.add_argument("--out", required=True, help="run folder DIR (reads DIR/curate, writes DIR/sft)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set mode=lora --set lora.r=16")
+                        help="override a config key (the value is YAML), e.g. --set mode=lora --set lora.r=16")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = _parse_value(value)
-    counts = run_sft(load_sft_config(args.config, overrides), args.out)
+    counts = run_sft(load_sft_config(args.config, args.set), args.out)
     print(json.dumps(counts))
 
 

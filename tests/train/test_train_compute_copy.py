@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from factory.train import compute_copy
 from factory.train.compute_copy import BF16ComputeCopy
 from factory.train.config import SFTConfig
 from factory.train.data import ChatFormatter, Conversation
@@ -44,7 +43,7 @@ def _samples(student, n=12):
 def _master(student):
     from transformers import AutoModelForCausalLM
 
-    from factory.train.packing import register_varlen_attention
+    from factory.train.attention import register_varlen_attention
 
     model = AutoModelForCausalLM.from_pretrained(student, dtype=torch.float32,
                                                  attn_implementation=register_varlen_attention())
@@ -52,11 +51,10 @@ def _master(student):
     return model
 
 
-def test_master_gradient_is_the_fp32_sum_of_the_bf16_micro_batch_gradients(student, monkeypatch):
-    monkeypatch.setattr(compute_copy, "GROUP_PROJECTIONS", [False])  # per-Linear backward: autograd's exact sums
+def test_master_gradient_is_the_fp32_sum_of_the_bf16_micro_batch_gradients(student):
     tok, _, samples = _samples(student)
     master = _master(student)
-    twin = BF16ComputeCopy(master)
+    twin = BF16ComputeCopy(master, group_projections=False)  # per-Linear backward: autograd's exact sums
     install_fused_loss(twin.module)
     reference = copy.deepcopy(master)  # the same bf16 weights under plain autograd, gradients kept per micro-batch
     for param in reference.parameters():
@@ -90,14 +88,12 @@ def test_master_gradient_is_the_fp32_sum_of_the_bf16_micro_batch_gradients(stude
         assert torch.equal(c, m.to(torch.bfloat16))
 
 
-def test_grouped_projections_match_the_per_linear_backward(student, monkeypatch):
+def test_grouped_projections_match_the_per_linear_backward(student):
     tok, _, samples = _samples(student)
     master = _master(student)
     per_linear_master = copy.deepcopy(master)
-    monkeypatch.setattr(compute_copy, "GROUP_PROJECTIONS", [False])
-    per_linear = BF16ComputeCopy(per_linear_master)
-    monkeypatch.setattr(compute_copy, "GROUP_PROJECTIONS", [True])
-    grouped = BF16ComputeCopy(master)
+    per_linear = BF16ComputeCopy(per_linear_master, group_projections=False)
+    grouped = BF16ComputeCopy(master, group_projections=True)
     for twin in (per_linear, grouped):
         install_fused_loss(twin.module)
     layers = master.config.num_hidden_layers
@@ -198,7 +194,7 @@ def test_compute_copy_trains_and_resumes_exactly(student, tmp_path):
 
 
 def test_unknown_attention_kernel_is_refused():
-    from factory.train.packing import set_cuda_kernel
+    from factory.train.attention import set_cuda_kernel
 
     with pytest.raises(ValueError, match="attention_kernel"):
         SFTConfig(student="x", attention_kernel="fa9")

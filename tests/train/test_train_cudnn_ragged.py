@@ -56,16 +56,16 @@ def test_warm_up_covers_every_row_a_run_can_pack(capacity):
 
 
 def test_auto_kernel_falls_back_to_hybrid_without_a_hopper_gpu_and_cudnn_frontend():
-    from factory.train import packing
+    from factory.train import attention
 
-    before = packing.CUDA_KERNEL
+    before = attention.ACTIVE.kernel
     try:
         expected = "ragged" if cudnn_ragged.available() else "hybrid"
-        assert packing.set_cuda_kernel("auto") == expected
+        assert attention.set_cuda_kernel("auto") == expected
         assert SFTConfig(student="x").attention_kernel == "auto"
         assert SFTConfig(student="x", attention_kernel="ragged").attention_kernel == "ragged"
     finally:
-        packing.CUDA_KERNEL = before
+        attention.ACTIVE.kernel = before
 
 
 def test_garbage_collection_waits_for_the_end_of_the_step():

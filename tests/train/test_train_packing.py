@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from factory.train.attention import register_varlen_attention
 from factory.train.data import IGNORE_INDEX, TokenizedSample
 from factory.train.loss import fused_linear_cross_entropy, install_fused_loss, naive_cross_entropy
-from factory.train.packing import (collate_packed, model_kwargs, pack_first_fit, plan_epoch,
-                                   register_varlen_attention)
+from factory.train.packing import collate_packed, model_kwargs, pack_first_fit, plan_epoch
 from factory.train.testing import tiny_config
 
 
@@ -122,20 +122,20 @@ def test_installed_loss_equals_transformers_loss():
 def test_hybrid_attention_pieces_equal_the_reference(monkeypatch, lengths):
     """The CUDA hybrid kernel's bookkeeping (split into cuDNN samples and flash runs, bucket padding, one concat),
     run on the CPU with both CUDA kernels swapped for per-sample SDPA: output and q/k/v gradients are exact."""
-    from factory.train import packing
+    from factory.train import attention
 
     def flash_on_cpu(q, k, v, cu, max_len, scale):
         assert max_len == max(int(b - a) for a, b in zip(cu[:-1], cu[1:]))
-        return packing._reference_varlen(q, k, v, cu, scale)
+        return attention._reference_varlen(q, k, v, cu, scale)
 
     def cudnn_on_cpu(q, k, v, scale):
-        assert q.shape[0] % packing.CUDNN_BUCKET == 0  # padded to a plan bucket
+        assert q.shape[0] % attention.ACTIVE.cudnn_bucket == 0  # padded to a plan bucket
         whole = torch.tensor([0, q.shape[0]], dtype=torch.int32)
-        return packing._reference_varlen(q, k, v, whole, scale)
+        return attention._reference_varlen(q, k, v, whole, scale)
 
-    monkeypatch.setattr(packing, "_flash_varlen", flash_on_cpu)
-    monkeypatch.setattr(packing, "_cudnn_sdpa", cudnn_on_cpu)
-    monkeypatch.setattr(packing, "CUDNN_BUCKET", 256)
+    monkeypatch.setattr(attention, "_flash_varlen", flash_on_cpu)
+    monkeypatch.setattr(attention, "_cudnn_sdpa", cudnn_on_cpu)
+    monkeypatch.setattr(attention.ACTIVE, "cudnn_bucket", 256)
     torch.manual_seed(0)
     total = sum(lengths)
     cu = torch.tensor(np.concatenate([[0], np.cumsum(lengths)]), dtype=torch.int32)
@@ -143,10 +143,10 @@ def test_hybrid_attention_pieces_equal_the_reference(monkeypatch, lengths):
     k = torch.randn(total, 2, 16, dtype=torch.float64, requires_grad=True)
     v = torch.randn(total, 2, 16, dtype=torch.float64, requires_grad=True)
     weights = torch.randn(total, 4, 16, dtype=torch.float64)
-    expected = packing._reference_varlen(q, k, v, cu, 0.25)
+    expected = attention._reference_varlen(q, k, v, cu, 0.25)
     expected_grads = torch.autograd.grad((expected * weights).sum(), (q, k, v))
     for min_len in (0, 500, 10_000):  # every sample via cuDNN; long ones; none
-        out = packing._hybrid_varlen(q, k, v, cu, 0.25, min_len)
+        out = attention._hybrid_varlen(q, k, v, cu, 0.25, min_len)
         grads = torch.autograd.grad((out * weights).sum(), (q, k, v))
         torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
         for got, want in zip(grads, expected_grads):
