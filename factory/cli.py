@@ -9,8 +9,26 @@ import typer
 from factory.config import ConfigError, load_pipeline
 from factory.registry import STAGE_NAMES, STAGES, stage
 
+# rich_markup_mode=None: click's own help layout. typer's rich panel prints every option's type, so flags such as
+# --new-run showed as `--new-run <bool>` as if they took a value; click's layout omits the type of a flag.
+HELP_SETTINGS = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, context_settings=HELP_SETTINGS,
                   help="R1 distillation data factory: generate → verify → curate → sft → eval → publish.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"factory {version('factory')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                                help="print the version and exit")] = False) -> None:
+    """R1 distillation data factory: generate → verify → curate → sft → eval → publish."""
 
 ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="pipeline YAML (see pipelines/)")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default: outputs/<name>)")]
@@ -54,6 +72,22 @@ def run(pipeline: Annotated[Path, typer.Argument(help="pipeline YAML, e.g. pipel
 
     cfg = _load(pipeline, set_)
     _guard(run_pipeline, cfg, _out(cfg, out), new_run=new_run, only=stages.split(",") if stages else None)
+
+
+@app.command()
+def preview(pipeline: Annotated[Path, typer.Argument(help="pipeline YAML, e.g. pipelines/demo.yaml")],
+            n: Annotated[int, typer.Option("-n", "--num", min=0, help="prompts to show")] = 3,
+            set_: SetOpt = None,
+            as_json: Annotated[bool, typer.Option("--json", help="print the preview as JSON")] = False):
+    """The first N prompts exactly as the teacher receives them, their token counts and the planned work
+    (prompts × k, an upper bound on generated tokens, shards); starts no engine."""
+    import json
+
+    from factory.generate.preview import build_preview, format_preview
+
+    cfg = _load(pipeline, set_)
+    result = _guard(build_preview, cfg, n)
+    typer.echo(json.dumps(result.to_json(), indent=2, ensure_ascii=False) if as_json else format_preview(result))
 
 
 def _stage_command(name: str, summary: str):

@@ -10,8 +10,10 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
+from factory.config_paths import resolve_pipeline_paths
 from factory.core.config import (  # noqa: F401
     ConfigError,
+    ExecutorConfig,
     Strict,
     apply_overrides,
     dump_config,
@@ -51,6 +53,7 @@ class PipelineConfig(Strict):
     sft: SFTConfig | None = None
     eval: EvalConfig | None = None
     publish: PublishConfig = Field(default_factory=PublishConfig)
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
     @model_validator(mode="before")
     @classmethod
@@ -66,8 +69,9 @@ def load_pipeline(path: Path | str, overrides: list[str] | None = None) -> Pipel
     if not path.exists():
         raise ConfigError(f"{path}: no such pipeline file")
     tree = read_yaml_mapping(path)
+    # Relative paths in the YAML resolve against its own folder; those in --set values against the current one.
+    tree = resolve_pipeline_paths(tree, path.parent)
     tree = apply_overrides(tree, overrides or [])
-    # Relative paths in a pipeline file are relative to the folder the command runs in (as the README shows).
     try:
         return PipelineConfig.model_validate(tree)
     except ValidationError as exc:

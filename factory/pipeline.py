@@ -18,14 +18,30 @@ def run_pipeline(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False, o
     if missing:
         raise ValueError(f"unknown stages {missing} (known: {', '.join(STAGE_NAMES)})")
     out_dir.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+    timings_path = out_dir / "timings.json"
+    timings = read_timings(timings_path)
     results: dict[str, dict] = {}
     for name in stages:
         started = time.perf_counter()
         results[name] = stage(name)(cfg, out_dir, new_run=new_run)
-        timings[name] = round(time.perf_counter() - started, 2)
-        console.print(f"[green]✓[/] {name} done in {timings[name]:.1f}s")
-    write_json_atomic(out_dir / "timings.json", timings)
+        spent = time.perf_counter() - started
+        # A resumed stage adds the time it spent to what earlier runs spent on it: a finished stage that is only
+        # skipped adds (almost) nothing, so the file keeps each stage's real time across resumes.
+        timings[name] = round((0.0 if new_run else timings.get(name, 0.0)) + spent, 2)
+        write_json_atomic(timings_path, timings)  # after every stage: a crash later keeps these
+        console.print(f"[green]✓[/] {name} done in {spent:.1f}s" + (
+            f" ({timings[name]:.1f}s over all runs)" if timings[name] > spent + 0.05 else ""))
     if "report" not in stages:
         console.print(f"report: {stage('report')(cfg, out_dir)['report']}")
     return {"stages": results, "timings_s": timings}
+
+
+def read_timings(path: Path) -> dict[str, float]:
+    """Seconds per stage from an earlier run's timings.json ({} when there is none or it is unreadable)."""
+    import json
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))} if isinstance(data, dict) else {}

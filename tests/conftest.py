@@ -50,3 +50,24 @@ def _fresh_schema_cache():
     from factory.core.schema import load_schema
 
     load_schema.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real two-node Ray cluster on 127.0.0.1 (started once, stopped at the end of the session); this process
+    joins it as the driver."""
+    ray = pytest.importorskip("ray")
+    from ray_cluster import LocalCluster
+
+    from factory.core.config import ExecutorConfig
+    from factory.core.ray_cluster import connect
+
+    cluster = LocalCluster(Path("/tmp") / f"ray-{os.getpid()}")  # Ray's socket paths must stay short
+    try:
+        address = cluster.start()
+        cluster.wait_nodes(connect(ExecutorConfig(kind="ray", address=address)))
+        yield address
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        cluster.stop()

@@ -2,11 +2,12 @@
 YAML reader. A leaf module: it imports pydantic and yaml, nothing of any stage."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 # Discriminator tags pydantic puts in error locations of tagged unions (teacher backends, prompt sources).
 _UNION_TAGS = ("vllm", "openai", "jsonl", "parquet", "csv", "disk", "hub", "arithmetic")
@@ -14,6 +15,23 @@ _UNION_TAGS = ("vllm", "openai", "jsonl", "parquet", "csv", "disk", "hub", "arit
 
 class ConfigError(ValueError):
     """The pipeline file or an override is invalid; the message names the file and key."""
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with YAML 1.2 booleans: only true/false (any case) are booleans, so `mode: off` or
+    `answer: yes` stay strings (YAML 1.1 reads on/off/yes/no as booleans, which breaks string enums)."""
+
+
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text with `YamlLoader` (the one YAML reading of pipelines, recipes and `--set` values)."""
+    return yaml.load(text, Loader=YamlLoader)  # a SafeLoader subclass: no arbitrary objects
 
 
 class Strict(BaseModel):
@@ -30,7 +48,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise ConfigError(f"--set {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = load_yaml(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
         raise ConfigError(f"--set {item!r}: value is not valid YAML: {exc}") from exc
     return key.strip().split("."), value
@@ -70,8 +88,14 @@ def read_yaml_mapping(path: Path | str) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such file")
+    data = path.read_bytes()
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text: byte offset {exc.start} (0x{data[exc.start]:02x}) "
+                          f"cannot be decoded ({exc.reason}); save the file as UTF-8") from None
+    try:
+        tree = load_yaml(text) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(tree, dict):
@@ -82,3 +106,24 @@ def read_yaml_mapping(path: Path | str) -> dict:
 def dump_config(model: BaseModel) -> dict:
     """A config block as plain JSON-able data (for manifests and fingerprints)."""
     return model.model_dump(mode="json")
+
+
+class ExecutorConfig(Strict):
+    """The `executor:` block: where work runs. `local` is this machine (processes of it); `ray` is a Ray cluster."""
+
+    kind: Literal["local", "ray"] = "local"
+    address: str = Field("auto", description="ray: 'auto' (the cluster RAY_ADDRESS or a `ray start` on this node "
+                                             "names, else a new one-node cluster here), 'host:port' of a head node, "
+                                             "'ray://host:port' (Ray Client), or 'local' (always a new one here)")
+    replicas: int | None = Field(None, ge=1, description="teacher engines; default: the cluster's GPUs divided by "
+                                                         "tensor x pipeline parallel size (at least 1)")
+    replica_cpus: float = Field(1.0, gt=0, description="CPUs reserved per teacher replica")
+    replica_gpus: float | None = Field(None, ge=0, description="GPUs per replica; default tensor x pipeline size on "
+                                                               "a GPU cluster, 0 on a CPU one")
+    replica_resources: dict[str, float] = Field(default_factory=dict, description="custom resources per replica")
+    task_cpus: float = Field(1.0, gt=0, description="CPUs per map task (verify, curate filters)")
+    tasks_in_flight: int = Field(0, ge=0, description="map tasks submitted at once; 0: twice the cluster's CPUs")
+    max_retries: int = Field(3, ge=0, description="retries of a map task or restarts of a teacher replica that died")
+    connect_timeout_s: float = Field(15.0, gt=0)
+    shared_filesystem: bool = Field(False, description="tasks read input parts themselves (else the driver ships "
+                                                       "them); results always come back to the driver")

@@ -6,6 +6,7 @@ so committing — the ledger, the atomic renames — stays in one place whatever
 """
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -38,17 +39,20 @@ class LocalExecutor:
         self.workers = max(1, workers)
 
     def run(self, units: Iterable[WorkUnit]) -> Iterator[tuple[int, Any]]:
-        queue = list(units)
-        if self.workers == 1 or len(queue) <= 1:
-            for unit in queue:
+        units = iter(units)  # pulled as slots free: a unit may carry its input
+        head = list(itertools.islice(units, 2))
+        if self.workers == 1 or len(head) < 2:  # one unit is not worth starting processes for
+            for unit in itertools.chain(head, units):
                 yield unit.index, unit()
             return
+        units = itertools.chain(head, units)
         with ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn")) as pool:
             running: dict[Future, int] = {}
-            while queue or running:
-                while queue and len(running) < 2 * self.workers:
-                    unit = queue.pop(0)
+            while True:
+                while len(running) < 2 * self.workers and (unit := next(units, None)) is not None:
                     running[pool.submit(unit.fn, *unit.args)] = unit.index
+                if not running:
+                    return
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     yield running.pop(future), future.result()

@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from factory.core.executor import Executor, LocalExecutor, WorkUnit
@@ -18,9 +19,12 @@ from factory.core.schema import Schema
 from factory.core.shards import ShardResult, StageDir, fingerprint, list_parts, read_part, require_complete
 
 
-def apply_to_part(fn: Callable[[list[dict]], ShardResult], in_part: str, in_schema: str | None) -> ShardResult:
-    """A map unit's work, wherever it runs: read one input part and apply the stage's function to its rows."""
-    return fn(read_part(Path(in_part), in_schema).to_pylist())
+def apply_to_part(fn: Callable[[list[dict]], ShardResult], in_part: str | pa.Table,
+                  in_schema: str | None) -> ShardResult:
+    """A map unit's work, wherever it runs: one input part (its path, or the table the driver read and shipped)
+    and the stage's function applied to its rows."""
+    table = in_part if isinstance(in_part, pa.Table) else read_part(Path(in_part), in_schema)
+    return fn(table.to_pylist())
 
 
 def run_map_stage(*, name: str, in_dir: Path, out_dir: Path, out_schema: Schema, fn: Callable[[list[dict]], ShardResult],
@@ -42,10 +46,18 @@ def run_map_stage(*, name: str, in_dir: Path, out_dir: Path, out_schema: Schema,
     stage.prepare(fingerprint({"config": config, "plan": plan}), config, plan, new_run)
     done = stage.ledger()
     units = {int(p.stem.split("-")[1]): p for p in parts}
-    pending = [WorkUnit(u, apply_to_part, (fn, str(units[u]), in_schema)) for u in sorted(units) if u not in done]
+    executor = executor or LocalExecutor(workers)
+    ship = not getattr(executor, "shares_filesystem", True)  # the driver reads parts for executors elsewhere
+
+    def units_to_run():
+        for u in sorted(units):
+            if u not in done:
+                source = read_part(units[u], in_schema) if ship else str(units[u])
+                yield WorkUnit(u, apply_to_part, (fn, source, in_schema))
+
     records_in = sum(pq.read_metadata(p).num_rows for p in parts)
     with stage_progress(name, total_units=len(units), done_units=len(done)) as progress:
-        for unit, result in (executor or LocalExecutor(workers)).run(pending):
+        for unit, result in executor.run(units_to_run()):
             entry = stage.commit_result(unit, result)
             progress.advance(rows=entry["rows"])
     return stage.finalize(records_in, extra)

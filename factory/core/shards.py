@@ -192,9 +192,11 @@ class StageDir:
         return entry
 
     # -- finish ---------------------------------------------------------------------------------------------
-    def finalize(self, records_in: int, extra: dict | None = None) -> dict:
+    def finalize(self, records_in: int, extra: dict | None = None, dropped: dict[str, int] | None = None) -> dict:
+        """Write counts.json from the ledger; `dropped` adds drops made before any unit (e.g. decontaminated
+        prompts)."""
         entries = self.ledger()
-        dropped: Counter = Counter()
+        dropped = Counter(dropped or {})
         for e in entries.values():
             dropped.update(e.get("dropped", {}))
         keys = [tuple(k) for e in entries.values() for k in e.get("keys", [])]

@@ -8,6 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from factory.generate.config import SourceConfig
+
 
 class SelectionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -87,21 +89,28 @@ class RepetitionConfig(BaseModel):
 
 
 class BenchmarkSpec(BaseModel):
-    """One benchmark: a local file/folder/glob (`path`) or a Hub dataset id (`dataset`)."""
+    """One benchmark: a local file/folder/glob (`path`), a Hub dataset id (`dataset`) or a prompt source
+    (`source`, e.g. the built-in arithmetic generator's held-out split)."""
 
     model_config = ConfigDict(extra="forbid")
     name: str | None = None          # default: the file stem or the dataset id
     path: str | None = None
     dataset: str | None = None
+    source: SourceConfig | None = None
     subset: str | None = None
     split: str = "test"
     column: str | None = None        # default: the first of problem/question/prompt present
+    # ngram: a shared word n-gram is a match; exact: only the whole (normalized) problem, for templated generated
+    # problems whose n-grams are shared by design (the default for `source` benchmarks).
+    match: Literal["ngram", "exact"] | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> BenchmarkSpec:
-        if (self.path is None) == (self.dataset is None):
-            raise ValueError("a benchmark needs exactly one of 'path' (local file, folder or glob) or 'dataset' "
-                             "(Hub id)")
+        if sum(x is not None for x in (self.path, self.dataset, self.source)) != 1:
+            raise ValueError("a benchmark needs exactly one of 'path' (local file, folder or glob), 'dataset' "
+                             "(Hub id) or 'source' (a prompt source)")
+        if self.match is None:
+            self.match = "exact" if self.source is not None else "ngram"
         return self
 
 
@@ -110,6 +119,8 @@ class DecontamConfig(BaseModel):
     enabled: bool = True
     ngram: int = Field(8, ge=3, le=50)
     benchmarks: list[BenchmarkSpec] = []
+    eval_benchmarks: bool = True     # also every benchmark of the pipeline's `eval:` block
+    prompts: bool = True             # drop matching prompts before generation too (DIR/generate/decontam.json)
 
 
 class NearDupConfig(BaseModel):

@@ -20,7 +20,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from factory.core.executor import Executor
 from factory.core.progress import console, stage_progress
+from factory.core.ray_executor import make_executor
 from factory.core.runner import run_map_stage
 from factory.core.schema import load_schema
 from factory.core.shards import (
@@ -32,6 +34,7 @@ from factory.core.shards import (
     write_json_atomic,
     write_parquet_tmp,
 )
+from factory.curate.decontam_plan import pipeline_curate_config, selection_matches
 from factory.curate.filter_pass import (
     KEY_COLUMNS,
     CurateConfig,
@@ -54,9 +57,12 @@ def run_curate(config, out_dir: Path | str, *, new_run: bool = False, workers: i
     """Pipeline entry: curate `out_dir/verify` (or `out_dir/generate`) into `out_dir/curate`; returns counts.json.
 
     `config` is a `CurateConfig` or a pipeline config with a `curate` block (absent: the defaults)."""
-    config = config if isinstance(config, CurateConfig) else getattr(config, "curate", None) or CurateConfig()
+    pipeline = config
+    # a pipeline: its curate block, decontaminating against its eval benchmarks too
+    config = config if isinstance(config, CurateConfig) else pipeline_curate_config(config)
     out_dir = Path(out_dir)
-    counts = curate_stage(resolve_input(out_dir), out_dir / STAGE, config, new_run=new_run, workers=workers)
+    executor = make_executor(getattr(pipeline, "executor", None), workers or config.workers)
+    counts = curate_stage(resolve_input(out_dir), out_dir / STAGE, config, new_run=new_run, executor=executor)
     console.print(f"[bold]curate[/]: {counts['records_in']} samples → {counts['records_out']} kept "
                   f"({counts['records_in'] - counts['records_out']} in {out_dir / STAGE / 'rejected'}), "
                   f"funnel in {out_dir / STAGE / 'funnel.json'}")
@@ -64,8 +70,10 @@ def run_curate(config, out_dir: Path | str, *, new_run: bool = False, workers: i
 
 
 def curate_stage(in_dir: Path, out_dir: Path, config: CurateConfig, *, workers: int | None = None,
-                 new_run: bool = False) -> dict:
-    """Curate the finished stage folder `in_dir` into `out_dir`; return counts.json (its extra holds the funnel)."""
+                 new_run: bool = False, executor: Executor | None = None) -> dict:
+    """Curate the finished stage folder `in_dir` into `out_dir`; return counts.json (its extra holds the funnel).
+    The filter pass runs on `executor` (default: this machine, `workers` processes); dedupe is one sequential pass
+    here, on the driver, since first-occurrence-wins needs every earlier shard's decisions."""
     in_dir, out_dir = Path(in_dir), Path(out_dir)
     parts = list_parts(in_dir)
     if not parts:
@@ -91,7 +99,7 @@ def curate_stage(in_dir: Path, out_dir: Path, config: CurateConfig, *, workers: 
     started = time.perf_counter()
     run_map_stage(name=f"{STAGE}:filter", in_dir=in_dir, out_dir=filter_dir, out_schema=load_schema("curate_work"),
                   fn=functools.partial(curate_shard, config=config), config=config.decisive(),
-                  rejected_schema=load_schema("rejected"), workers=workers or config.workers)
+                  rejected_schema=load_schema("rejected"), workers=workers or config.workers, executor=executor)
     filtered = time.perf_counter()
     dedupe = _dedupe_pass(filter_dir, stage, config)
     deduped = time.perf_counter()
@@ -102,6 +110,10 @@ def curate_stage(in_dir: Path, out_dir: Path, config: CurateConfig, *, workers: 
             if key.startswith("seconds."):
                 seconds[key[8:]] = seconds.get(key[8:], 0.0) + value
     funnel = build_funnel(out_dir, records_in, config, input_fields, seconds)
+    if funnel["decontam"] is not None:  # matches in the input before and after selection, per benchmark
+        rejected_parts = sorted((out_dir / "rejected").glob("part-*.parquet"))
+        for name, seen in selection_matches(parts, rejected_parts, config.decontam).items():
+            funnel["decontam"]["benchmarks"][name].update(seen)
     funnel.update(input=str(in_dir), fingerprint=config.fingerprint(), dedupe_state=dedupe,
                   run_seconds={"filter_pass": round(filtered - started, 3), "dedupe_pass": round(deduped - filtered, 3)})
     write_json_atomic(out_dir / "funnel.json", funnel)

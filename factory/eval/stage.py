@@ -15,7 +15,7 @@ from pathlib import Path
 
 from factory.config import PipelineConfig
 from factory.core.config import dump_config
-from factory.core.progress import console
+from factory.core.progress import console, stage_progress
 from factory.core.schema import load_schema
 from factory.core.shards import ShardResult, StageDir, fingerprint, list_parts
 from factory.eval.benchmarks import load_benchmark
@@ -110,27 +110,30 @@ def run_eval(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False, teach
     stage.prepare(fingerprint({"config": config, "plan": plan}), config, plan, new_run)
     done = stage.ledger()
     # One engine per distinct set of weights: models that differ only in their template share it.
-    for weights in dict.fromkeys(w for _, w, _ in models):
-        todo = [u for u, (mi, _b) in enumerate(units) if models[mi][1] == weights and u not in done]
-        if not todo:
-            continue
-        name = models[units[todo[0]][0]][0].name
-        own = name not in shared
-        teacher = shared[name] if not own else _start(cfg, ecfg, weights, sampling)
-        try:
-            for u in todo:
-                mi, bi = units[u]
-                model = models[mi][0]
-                bench, problems = benchmarks[bi]
-                rows = _eval_pair(teacher, model.name, bench.name, bench.domain, problems, templates[mi], sampling, cfg)
-                stage.commit_result(u, ShardResult(rows=rows))
-                correct = sum(r["reward_accuracy"] >= 1 for r in rows)
-                console.print(f"eval: {model.name} × {bench.name}: {correct}/{len(rows)} samples correct")
-        finally:
-            if own:
-                teacher.close()
-                del teacher
-                gc.collect()
+    with stage_progress(STAGE, total_units=len(units), done_units=len(done), unit_label="pairs") as progress:
+        for weights in dict.fromkeys(w for _, w, _ in models):
+            todo = [u for u, (mi, _b) in enumerate(units) if models[mi][1] == weights and u not in done]
+            if not todo:
+                continue
+            name = models[units[todo[0]][0]][0].name
+            own = name not in shared
+            teacher = shared[name] if not own else _start(cfg, ecfg, weights, sampling)
+            try:
+                for u in todo:
+                    mi, bi = units[u]
+                    model = models[mi][0]
+                    bench, problems = benchmarks[bi]
+                    rows = _eval_pair(teacher, model.name, bench.name, bench.domain, problems, templates[mi],
+                                      sampling, cfg)
+                    stage.commit_result(u, ShardResult(rows=rows))
+                    correct = sum(r["reward_accuracy"] >= 1 for r in rows)
+                    progress.advance(rows=len(rows), tokens=sum(r["completion_tokens"] or 0 for r in rows))
+                    console.print(f"eval: {model.name} × {bench.name}: {correct}/{len(rows)} samples correct")
+            finally:
+                if own:
+                    teacher.close()
+                    del teacher
+                    gc.collect()
     records = read_verdicts(list_parts(stage.path))
     summary = summarize(records, ties=ecfg.vote_ties)
     write_summary(summary, stage.path)
@@ -145,7 +148,7 @@ def _start(cfg: PipelineConfig, ecfg: EvalConfig, weights: str, sampling: Sampli
     from factory.generate.teachers import make_teacher
 
     try:
-        return make_teacher(_engine_config(cfg, ecfg, weights), sampling)
+        return make_teacher(_engine_config(cfg, ecfg, weights), sampling, cfg.executor)
     except TeacherError as exc:
         raise TeacherError(f"eval: model {weights} could not be loaded: {exc}") from exc
 

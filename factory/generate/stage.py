@@ -8,8 +8,15 @@ from pathlib import Path
 from factory.config import PipelineConfig
 from factory.core.config import dump_config
 from factory.core.progress import console, stage_progress
+from factory.core.ray_cluster import join_cluster
 from factory.core.schema import load_schema
-from factory.core.shards import ShardResult, StageDir, fingerprint
+from factory.core.shards import ShardResult, StageDir, fingerprint, write_json_atomic
+from factory.curate.decontam_plan import (
+    decontam_counts,
+    decontam_summary,
+    decontaminate_prompts,
+    pipeline_decontam,
+)
 from factory.generate.config import OpenAITeacherConfig, SamplingConfig
 from factory.generate.sources import load_prompts
 from factory.generate.teachers import GenRequest, GenResult, Teacher, make_teacher
@@ -79,7 +86,10 @@ def generate_fingerprint(cfg: PipelineConfig) -> dict:
 
 def run_generate(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False, teacher: Teacher | None = None) -> dict:
     """Generate traces for every prompt, resuming a stopped run. Pass `teacher` to reuse a started engine."""
-    prompts = load_prompts(cfg.prompts)
+    if teacher is None:
+        join_cluster(cfg.executor)  # an unreachable cluster fails here, before anything is written
+    # Prompts matching a benchmark (the eval block's and any listed) are dropped before generation.
+    prompts, decontam = decontaminate_prompts(load_prompts(cfg.prompts), pipeline_decontam(cfg))
     size = cfg.generate.shard_size
     units = [prompts[i:i + size] for i in range(0, len(prompts), size)]
     plan = {"prompts": len(prompts), "shard_size": size,
@@ -88,12 +98,14 @@ def run_generate(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False, t
     stage = StageDir(Path(out_dir) / STAGE, STAGE, load_schema("trace"))
     fresh = not stage.manifest_path.exists() or new_run
     stage.prepare(fingerprint({"config": config, "plan": plan}), config, plan, new_run)
+    if decontam is not None:
+        write_json_atomic(stage.path / "decontam.json", decontam)
     done = stage.ledger()
     pending = [u for u in range(len(units)) if u not in done]
     if pending:
         own = teacher is None
         try:
-            teacher = teacher or make_teacher(cfg.teacher, cfg.sampling)
+            teacher = teacher or make_teacher(cfg.teacher, cfg.sampling, cfg.executor)
         except Exception:
             if fresh and not done:  # nothing was generated: leave nothing behind
                 shutil.rmtree(stage.path, ignore_errors=True)
@@ -103,7 +115,10 @@ def run_generate(cfg: PipelineConfig, out_dir: Path, *, new_run: bool = False, t
         finally:
             if own:
                 teacher.close()
-    counts = stage.finalize(records_in=len(prompts), extra=_extra(stage))
+    removed = decontam_counts(decontam)
+    counts = stage.finalize(records_in=len(prompts) + sum(removed.values()),
+                            extra={**_extra(stage), **_teacher_stats(teacher), "decontam": decontam_summary(decontam)},
+                            dropped=removed)
     console.print(f"[bold]generate[/]: {counts['extra']['prompts_done']} prompts → {counts['records_out']} traces "
                   f"({counts['extra']['errors']} errors, {counts['extra']['truncated']} truncated) in {stage.path}")
     return counts
@@ -135,6 +150,12 @@ def _generate_units(stage: StageDir, units: list[list[dict]], pending: list[int]
             stage.commit_result(u, ShardResult(rows=rows, stats={"completion_tokens": tokens}))
             del buffers[u]
             progress.advance(rows=len(rows), tokens=tokens)
+
+
+def _teacher_stats(teacher) -> dict:
+    """What the teacher of this invocation reports (Ray replicas: lost replicas and re-routed prompts)."""
+    stats = getattr(teacher, "stats", None)
+    return {"teacher": dict(stats)} if stats else {}
 
 
 def _extra(stage: StageDir) -> dict:

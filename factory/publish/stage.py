@@ -25,6 +25,7 @@ from factory.publish.upload import (
 )
 
 STAGE = "publish"
+PLACEHOLDER_REPO_ID = "ORG/NAME"  # a dry run without --repo-id plans for this
 
 
 @dataclass
@@ -45,6 +46,9 @@ def run_publish(config: PublishConfig, out_dir: Path | str, repo_id: str | None 
     console = console or Console(highlight=False, soft_wrap=True)
     run_dir = Path(out_dir)
     repo_id = repo_id or config.repo_id
+    if not repo_id and dry_run:  # a plan needs no real target: show it for a placeholder
+        repo_id = PLACEHOLDER_REPO_ID
+        console.print(f"Dry run without --repo-id: planning for the placeholder {PLACEHOLDER_REPO_ID}")
     if not repo_id:
         raise PublishError("--repo-id: no repo id given (flag or publish.repo_id in the pipeline YAML)")
     private = config.private if private is None else private

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from factory.core.schema import load_schema
+from factory.core.ray_executor import make_executor
 from factory.core.runner import run_map_stage
+from factory.core.schema import load_schema
 from factory.core.shards import ShardResult, StageDir
 from factory.verify.verdicts import VerifyConfig, verify_shard
 
@@ -63,10 +64,11 @@ def run_verify(config, out_dir: Path | str, *, new_run: bool = False, workers: i
     `config` is a `VerifyConfig` or a pipeline config with a `verify` block (absent: the defaults).
     """
     cfg = config if isinstance(config, VerifyConfig) else getattr(config, "verify", None) or VerifyConfig()
+    executor = make_executor(getattr(config, "executor", None), workers or cfg.workers)
     out_dir = Path(out_dir)
     schema = load_schema("verdict")
     counts = run_map_stage(name=STAGE, in_dir=out_dir / "generate", out_dir=out_dir / STAGE, out_schema=schema,
                            fn=functools.partial(verify_unit, cfg=cfg), config=verify_fingerprint(cfg),
-                           in_schema="trace", workers=workers or cfg.workers, new_run=new_run)
+                           in_schema="trace", new_run=new_run, executor=executor)
     stage = StageDir(out_dir / STAGE, STAGE, schema)
     return stage.finalize(counts["records_in"], extra=summarize(stage.path))

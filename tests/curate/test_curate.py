@@ -103,7 +103,9 @@ def test_curate_end_to_end(tmp_path):
     assert steps["language"]["seconds"] >= 0
     assert funnel["by_source"]["other"] == {"in": 2, "out": 1, "dropped": {"dedupe": 1}}
     assert funnel["by_domain"]["general"]["out"] == 1 and funnel["by_domain"]["math"]["in"] == 14
-    assert funnel["decontam"]["benchmarks"]["gsm8k"] == {"problems": 1319, "samples_removed": 4, "prompts_removed": 1}
+    assert funnel["decontam"]["benchmarks"]["gsm8k"] == {
+        "problems": 1319, "samples_removed": 4, "prompts_removed": 1,
+        "before_selection": {"samples": 4, "prompts": 1}, "after_selection": {"samples": 4, "prompts": 1}}
     assert funnel["decontam"]["benchmarks"]["math500"]["samples_removed"] == 0
     assert counts == json.loads((out / "counts.json").read_text())
     assert (counts["records_out"], counts["rejected"]) == (4, 12)

@@ -149,5 +149,5 @@ def test_repo_id_and_private_from_config_flags_override(run):
     assert [(p.repo_id, p.private) for p in result.plans] == [("org/flag", False), ("org/from-yaml-student", False)]
     # the model card links the dataset repo, and the dataset card the model repo
     assert "org/flag" in result.model.card_text and "org/from-yaml-student" in result.dataset.card_text
-    with pytest.raises(PublishError, match="no repo id given"):
-        run_publish(PublishConfig(), run, dry_run=True)
+    with pytest.raises(PublishError, match="no repo id given"):  # a dry run plans for a placeholder instead
+        run_publish(PublishConfig(), run)

@@ -47,6 +47,7 @@ class BenchmarkProblems:
     name: str
     ids: list[str]
     problems: list[str]
+    match: str = "ngram"     # exact: only the whole normalized problem is indexed
 
 
 def _read_local(path: Path, column: str | None, name: str) -> BenchmarkProblems:
@@ -96,12 +97,28 @@ def _read_hub(spec: BenchmarkSpec) -> BenchmarkProblems:
     return BenchmarkProblems(name, ids, problems)
 
 
+def _read_source(spec: BenchmarkSpec) -> BenchmarkProblems:
+    """A prompt source as a benchmark (e.g. an eval block's built-in held-out split)."""
+    from factory.generate.sources import SourceError, load_source
+
+    try:
+        rows = load_source(spec.source)
+    except SourceError as exc:
+        raise DecontamError(f"benchmark {spec.name or spec.source.kind}: {exc}") from exc
+    name = spec.name or (rows[0]["source"] if rows else spec.source.kind)
+    return BenchmarkProblems(name, [r["prompt_id"] for r in rows], [r["problem"] for r in rows], spec.match or "exact")
+
+
 def load_benchmarks(specs: list[BenchmarkSpec]) -> list[BenchmarkProblems]:
     """Read every benchmark's problems; a folder or glob gives one benchmark per .jsonl/.parquet file."""
     out: list[BenchmarkProblems] = []
     for spec in specs:
+        if spec.source is not None:
+            out.append(_read_source(spec))
+            continue
         if spec.dataset is not None:
             out.append(_read_hub(spec))
+            out[-1].match = spec.match or "ngram"
             continue
         path = Path(spec.path).expanduser()
         if path.is_dir():
@@ -117,6 +134,7 @@ def load_benchmarks(specs: list[BenchmarkSpec]) -> list[BenchmarkProblems]:
                 raise DecontamError(f"benchmark file {f} does not exist")
             name = spec.name if (spec.name and len(files) == 1) else f.stem
             out.append(_read_local(f, spec.column, name))
+            out[-1].match = spec.match or "ngram"
     names = [b.name for b in out]
     if len(set(names)) != len(names):
         raise DecontamError(f"benchmark names must be unique, got {names}; set `name` on each")
@@ -137,7 +155,8 @@ class NgramIndex:
                 ref = len(self._refs)
                 self._refs.append((bi, pid))
                 words = words_of(problem)
-                keys = ngram_hashes(words, n) if len(words) >= n else [_h64(" ".join(words))] if words else []
+                whole = [_h64(" ".join(words))] if words else []
+                keys = ngram_hashes(words, n) if len(words) >= n and bench.match == "ngram" else whole
                 for k in keys:
                     self._grams.setdefault(k, ref)
 
