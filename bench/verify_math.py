@@ -10,6 +10,7 @@ same process, after a warm-up; the reference is parsed once per prompt for both.
 second of this process (= per core; the machine may be shared), wall-clock figures alongside.
 
 Usage: PYTHONPATH=. python bench/verify_math.py [--prompts 200] [--tokens 6000] [--wrong perturbed|other]
+       PYTHONPATH=. python bench/verify_math.py --suite   # agreement with Math-Verify's own test cases
 Prints one summary line, then a JSON result.
 """
 from __future__ import annotations
@@ -126,6 +127,43 @@ def run_baseline(traces: list[dict]) -> list[str]:
     return verdicts
 
 
+SUITE = REPO / "tests/verify/data/math_verify_cases.json"
+
+
+def _math_verify_itself(case: dict) -> int:
+    """The case as Math-Verify's own test runs it (its extraction targets and settings)."""
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+
+    settings = case.get("settings", {})
+    if case["extraction"] == "default":
+        return int(verify(parse(case["gold"]), parse(case["pred"])))
+    targets = [LatexExtractionConfig(boxed_match_priority=0) if t == "latex" else ExprExtractionConfig()
+               for t in case["extraction"].split("+")]
+    return int(verify(parse(case["gold"], targets), parse(case["pred"], targets),
+                      float_rounding=settings.get("precision", 6), strict=settings.get("strict", True),
+                      allow_set_relation_comp=settings.get("allow_set_relation_comp", False)))
+
+
+def run_suite() -> dict:
+    """Math-Verify's parametrized test cases through our reward (answer = prediction, reference = gold)."""
+    from factory.verify.rewards.math import MathConfig, score_math
+
+    cases = json.loads(SUITE.read_text())["cases"]
+    misses, mv_agree = [], 0
+    for case in cases:
+        settings = case.get("settings", {})
+        cfg = MathConfig(**{k: v for k, v in (("float_rounding", settings.get("precision")),
+                                               ("allow_set_relation_comp", settings.get("allow_set_relation_comp")))
+                            if v is not None})
+        r = score_math(case["pred"], case["gold"], cfg=cfg)
+        if (r.verdict == "correct") != bool(case["expected"]):
+            misses.append({"case": case["origin"], "expected": case["expected"], "verdict": r.verdict,
+                           "reason": r.reason[:160]})
+        mv_agree += _math_verify_itself(case) == case["expected"]
+    return {"bench": "verify_math_suite", "cases": len(cases), "ours_agree": len(cases) - len(misses),
+            "math_verify_agree": mv_agree, "disagreements": misses}
+
+
 def timed(fn, traces):
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn(traces)
@@ -139,8 +177,16 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--wrong", choices=["perturbed", "other"], default="perturbed",
                     help="wrong answers: a digit of the reference changed, or another problem's answer")
+    ap.add_argument("--suite", action="store_true",
+                    help="instead: agreement with Math-Verify's own parametrized tests (tests/verify/data)")
     args = ap.parse_args()
     logging.disable(logging.WARNING)
+    if args.suite:
+        result = run_suite()
+        print(f"verify_math --suite: ours agree on {result['ours_agree']}/{result['cases']} of Math-Verify's test "
+              f"cases, math-verify itself on {result['math_verify_agree']}/{result['cases']}")
+        print(json.dumps(result, indent=2))
+        return
 
     warm, _ = make_traces(10, 500, seed=args.seed + 1)
     run_ours(warm)

@@ -79,6 +79,74 @@ def last_boxed(text: str, join_adjacent: bool = True) -> str | None:
     return ", ".join(c.strip() for _, _, c in reversed(found))
 
 
+# Between boxes of one final statement: spacing, commas, math delimiters, words and short labels, but no sentence end
+# (. ! ? :), no line break and no other math: `\boxed{(2,2)} \quad \text{and} \quad \boxed{(6,2)}`,
+# `\(\boxed{1}\) and \(\boxed{-2}\)`, `\boxed{1} papers and \boxed{2} bins`, `y_1 = \boxed{a} \) and \( y_2 = \boxed{b}`.
+_GAP = re.compile(r"""(?>[ \t]+|[,;&~$]|\\[()\[\]]|\\(?:q?quad\b|[,;!: ])|\\\\
+    |\\(?:text|textbf|textit|textnormal|textrm|mbox|mathrm)\s*\{[A-Za-z \t,;()']*\}
+    |\([A-Za-z]{1,4}\)|[A-Za-z](?:_\{?\w{1,3}\}?)?[ \t]*=|[A-Za-z]+)*+""", re.VERBOSE)  # atomic: linear time
+_GAP_MAX = 80
+_GAP_WORDS = 4  # "\\text{ for part (a) and }"; a longer phrase between two boxes is prose about two results
+_CONNECTIVE = re.compile(r"\b(?:and|or)\b|[,;&]")
+
+
+def _joins(gap: str) -> bool:
+    """Whether two boxes with `gap` between them belong to one answer: spacing and delimiters only, or a phrase of
+    at most four words with a connective ("and", "or", a comma): `\\boxed{1} papers and \\boxed{2} bins` joins,
+    `\\boxed{1} no no no \\boxed{2}` does not."""
+    if len(gap) > _GAP_MAX or not _GAP.fullmatch(gap):
+        return False
+    words = re.sub(r"\\[A-Za-z]+", "", gap)
+    count = len(re.findall(r"[A-Za-z]{2,}", words))
+    return count == 0 or (count <= _GAP_WORDS and bool(_CONNECTIVE.search(words)))
+
+
+def final_boxes(text: str) -> tuple[str, int, int] | None:
+    """(content, start, end) of the boxes of the final statement: the last `\\boxed{}` / `\\fbox{}` and those before
+    it in the same sentence, separated only by words, spacing or punctuation (see `_GAP`), joined with ", "."""
+    found: list[tuple[int, int, str]] = []  # (start, end, content), right to left
+    end = len(text)
+    while True:
+        start, cmd = max((text.rfind(c, 0, end), c) for c in BOX_COMMANDS)
+        if start < 0:
+            break
+        parsed = _boxed_at(text, start, cmd)
+        if parsed is not None:
+            content, stop = parsed
+            if found:
+                gap = text[stop:found[-1][0]]
+                if not _joins(gap):
+                    break
+            found.append((start, stop, content))
+        end = start
+    if not found:
+        return None
+    contents = [c.strip() for _, _, c in reversed(found) if c.strip()] or [""]
+    return ", ".join(contents), found[-1][0], found[0][1]
+
+
+FINAL_STATEMENT = re.compile(r"final\s+answer\s*(?:is\b|:|=)", re.IGNORECASE)
+_STATEMENT = re.compile(r"final\s+answer\s*(?:is\b|:|=)|answer\s+is\b", re.IGNORECASE)
+
+
+def last_statement(text: str, window: int, start: int = 0, final_only: bool = False) -> int:
+    """Index of the last final-answer statement ("final answer is", "the answer is") at or after `start`, -1 if none.
+
+    Searches the last `window` characters first and grows the window (x4) until it finds one or covers the text."""
+    pattern = FINAL_STATEMENT if final_only else _STATEMENT
+    w = max(window, 1)
+    while True:
+        lo = max(start, len(text) - w)
+        last = None
+        for last in pattern.finditer(text, lo):
+            pass
+        if last is not None:
+            return last.start()
+        if lo <= start:
+            return -1
+        w *= 4
+
+
 def last_tag(text: str, tag: str) -> str | None:
     """Content of the last `<tag>…</tag>`; an unclosed last tag yields None."""
     close = text.rfind(f"</{tag}>")

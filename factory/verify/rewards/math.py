@@ -1,15 +1,22 @@
 """Math accuracy: find the final answer at the end of the reply and compare it with the reference (math-verify).
 
 Pipeline for one sample:
-1. extract (cheap, from the end): the R1-Zero `<answer>` tag when that template was used, else the last `\\boxed{}`
-   of the answer part (adjacent boxes joined), else a configured regex, else "the answer is $…$" in the tail,
-   else math-verify's own extraction over a short tail (for "The final answer is 5.");
+1. extract (cheap, from the end): the R1-Zero `<answer>` tag when that template was used, else the final statement's
+   boxes (`extract.final_boxes`: the last `\\boxed{}` and those before it in the same sentence, separated by words
+   with a connective or by spacing, joined as one tuple/set answer), unless an explicit "final answer is …" follows
+   them (then that wins); else a configured regex; else "the answer is $…$" or math-verify's own extraction, over
+   the tail, or from the last final-answer statement when notes follow it (the search window grows until it finds
+   one). A reference that holds boxes or a final-answer statement (a worked solution) is read by the same rule;
 2. normalize (our small layer, below): fixes for forms math-verify gets wrong, each covered by a test;
 3. fast paths that decide without the LaTeX parser: identical after normalization; both exact rationals
    (integers, fractions, terminating decimals equal as rationals); provably different (`latex_numeric`: numbers,
    expressions at sample points, tuples, sets, intervals, unions, matrices); both plain words (case-insensitive);
+   a pre-check (`math_precheck`) that decides answers holding absurdly large powers/factorials without sympy;
 4. math-verify `parse` + `verify` (gold parsed once per distinct reference and cached).
 Steps 1-4 run under one per-sample deadline (see `timeouts`).
+
+Math-Verify's own parametrized tests run through `score_math` in tests/verify/test_math_verify_suite.py; the cases
+where the factory deliberately differs are listed there (`DELIBERATE`) and in tests/verify/data/README.md.
 """
 from __future__ import annotations
 
@@ -18,9 +25,18 @@ import logging
 import re
 from fractions import Fraction
 
-from factory.verify.config import MathConfig  # noqa: F401
-from factory.verify.rewards.extract import last_boxed, last_pattern, last_tag, tail
+from factory.verify.config import MathConfig
+from factory.verify.rewards.extract import (
+    BOX_COMMANDS,
+    final_boxes,
+    last_boxed,
+    last_pattern,
+    last_statement,
+    last_tag,
+    tail,
+)
 from factory.verify.rewards.latex_numeric import provably_different
+from factory.verify.rewards.math_precheck import too_large
 from factory.verify.rewards.result import RewardResult
 from factory.verify.rewards.timeouts import SampleTimeout, deadline
 
@@ -35,31 +51,94 @@ def extract_answer(answer_text: str, template: str | None, cfg: MathConfig) -> t
     if template == "r1_zero":
         tagged = last_tag(answer_text, "answer")
         if tagged is not None:
-            inner = last_boxed(tagged, cfg.join_adjacent_boxes)
+            inner = _boxes(tagged, cfg)
             if inner is not None:
-                return inner, "\\boxed{} inside the last <answer> tag"
+                return inner[0], "\\boxed{} inside the last <answer> tag"
             if tagged.strip():
                 return tagged.strip(), "last <answer> tag"
-    boxed = last_boxed(answer_text, cfg.join_adjacent_boxes)
+    boxed = _boxes(answer_text, cfg)
     if boxed is not None:
-        return boxed, "last \\boxed{}"
+        stated = _stated(answer_text, last_statement(answer_text, cfg.fallback_tail_chars or 600, boxed[2], True),
+                         cfg)
+        if stated is not None:
+            return stated, "'final answer is …' after the last \\boxed{}"
+        return boxed[0], "last \\boxed{}" + (" (the boxes of one statement joined)" if boxed[3] else "")
     if cfg.answer_pattern:
         found = last_pattern(answer_text, _compiled(cfg.answer_pattern), cfg.pattern_window_chars)
         if found is not None and found.strip():
             return found.strip(), "answer_pattern"
     if cfg.fallback_tail_chars and answer_text.strip():
-        snippet = tail(answer_text, cfg.fallback_tail_chars)
-        found = last_pattern(snippet, _PHRASE, cfg.fallback_tail_chars)
-        if found is not None and found.strip():
-            return found.strip(), "'the answer is $…$' phrase"
-        parsed = _mv_parse_text(snippet)
-        strings = [p for p in parsed if isinstance(p, str)]
-        if strings and strings[-1].strip():
-            return strings[-1].strip(), f"math-verify extraction over the last {cfg.fallback_tail_chars} chars"
+        return _fallback(answer_text, cfg)
     return None, "no \\boxed{}, <answer> tag or recognisable final answer"
 
 
+def _boxes(text: str, cfg: MathConfig) -> tuple[str, int, int, bool] | None:
+    """(content, start, end, several) of the final statement's boxes (the last box only without joining)."""
+    if cfg.join_adjacent_boxes:
+        found = final_boxes(text)
+        return None if found is None else (*found, _several(text, found))
+    content = last_boxed(text, False)
+    return None if content is None else (content, 0, len(text), False)
+
+
+def _several(text: str, found: tuple[str, int, int]) -> bool:
+    return sum(text.count(c, found[1], found[2]) for c in BOX_COMMANDS) > 1
+
+
+def _stated(text: str, at: int, cfg: MathConfig, need_math: bool = True) -> str | None:
+    """The answer a final-answer statement starting at `at` gives (`$…$` after it, else math-verify's extraction
+    over the statement and what follows); None when there is none (or, with `need_math`, only text)."""
+    if at < 0:
+        return None
+    snippet = text[at:at + max(cfg.fallback_tail_chars, 600)]
+    found = _PHRASE.search(snippet)
+    if found is not None and found.group(1).strip():
+        return found.group(1).strip()
+    if too_large(snippet):
+        return None
+    parsed = _mv_parse_text(unwrap_constants(snippet))
+    strings = [p for p in parsed if isinstance(p, str)]
+    if not strings or not strings[-1].strip() or (need_math and not _has_math_object(tuple(parsed))):
+        return None
+    return strings[-1].strip()
+
+
+def _fallback(text: str, cfg: MathConfig) -> tuple[str | None, str]:
+    """No box: 'the answer is $…$' or math-verify's extraction, over the tail or from the last final statement."""
+    n = cfg.fallback_tail_chars
+    at = last_statement(text, n)
+    snippet, where = tail(text, n), f"the last {n} chars"
+    if 0 <= at < len(text) - n:  # the final statement is followed by more than n chars of notes: start there
+        snippet, where = text[at:at + n], "the final-answer statement"
+    found = last_pattern(snippet, _PHRASE, len(snippet))
+    if found is not None and found.strip():
+        return found.strip(), "'the answer is $…$' phrase"
+    big = too_large(snippet)
+    if big:  # math-verify would build the number while extracting: take the statement's words as they are
+        plain = last_pattern(snippet, _PLAIN, len(snippet))
+        if plain is not None and plain.strip():
+            return plain.strip(), f"'the answer is …' phrase (too large for math-verify's extraction: {big})"
+        return None, f"the end of the answer is too large to parse ({big})"
+    parsed = _mv_parse_text(unwrap_constants(snippet))
+    strings = [p for p in parsed if isinstance(p, str)]
+    if strings and strings[-1].strip():
+        return strings[-1].strip(), f"math-verify extraction over {where}"
+    return None, "no \\boxed{}, <answer> tag or recognisable final answer"
+
+
+@functools.lru_cache(maxsize=4096)
+def _reference_answer(reference: str, join: bool, tail_chars: int) -> str:
+    """The answer a reference states, by the rule for replies when it holds boxes (with a later 'final answer is'
+    winning) or a final-answer statement (a worked solution); else the reference as written."""
+    cfg = MathConfig(join_adjacent_boxes=join, fallback_tail_chars=tail_chars or 600)
+    boxed = _boxes(reference, cfg)
+    at = last_statement(reference, cfg.fallback_tail_chars, boxed[2] if boxed else 0, True)
+    stated = _stated(reference, at, cfg, need_math=False) if at >= 0 else None
+    return stated or (boxed[0] if boxed and boxed[0] else reference)
+
+
 _PHRASE = re.compile(r"answer\s*(?:is|:|=)\s*:?\s*\$\$?((?:\\.|[^$\\]){1,300})\$", re.IGNORECASE)
+_PLAIN = re.compile(r"answer\s*(?:is|:|=)\s*:?\s*([^\n$]{1,300}?)\s*(?:\.(?:\s|$)|\n|$)", re.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=64)
@@ -89,6 +168,21 @@ def _overline_to_fraction(m: re.Match) -> str:
     return f"{sign}\\frac{{{value.numerator}}}{{{value.denominator}}}"
 
 
+_CONSTANT = re.compile(r"\\(?:mathrm|operatorname|mathit|rm)\s*\{\s*([ei])\s*\}")
+_FUNCTIONS = ("sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "log",
+              "ln", "exp", "det", "gcd", "min", "max")
+_OPERATOR = re.compile(r"\\operatorname\s*\{\s*(" + "|".join(_FUNCTIONS) + r")\s*\}")
+_SPACED_THOUSANDS = re.compile(r"-?\d{1,3}(?:(?:[ ~]|\\[ ,;:!])\d{3})+(?:\.\d+)?")
+
+
+def unwrap_constants(s: str) -> str:
+    """`\\mathrm{e}` / `\\operatorname{i}` -> e / i and `\\operatorname{sin}` -> `\\sin` (math-verify cut `1 -
+    \\frac{1}{\\mathrm{e}}` to `1 - \\frac{1}{` and kept `\\operatorname{e}^2` as text only)."""
+    if "\\m" not in s and "\\o" not in s and "\\rm" not in s:
+        return s
+    return _OPERATOR.sub(r"\\\1", _CONSTANT.sub(r"\1", s))
+
+
 def normalize(answer: str) -> str:
     """Clean an extracted answer or a reference before comparison (keeps its meaning)."""
     s = answer.strip()
@@ -98,6 +192,9 @@ def normalize(answer: str) -> str:
             break
     s = _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], s)  # "90°" was not parsed at all
     s = _OVERLINE.sub(_overline_to_fraction, s)  # "0.\overline{3}" was unparseable
+    s = unwrap_constants(s)
+    if _SPACED_THOUSANDS.fullmatch(s):  # "1 000" was read as 1*0 = 0
+        s = re.sub(r"[ ~]|\\[ ,;:!]", "", s)
     s = re.sub(r"(?<=[\w}])\s*(?:\.|\\\.)$", "", s)  # "4." (sentence full stop inside the box) was unparseable
     return s.strip()
 
@@ -213,6 +310,11 @@ def compare(gold: str, pred: str, cfg: MathConfig) -> tuple[str, str]:
     fast = fast_compare(gold, pred)
     if fast is not None:
         return ("correct" if fast[0] else "wrong"), fast[1]
+    big_g, big_p = too_large(gold), too_large(pred)
+    if big_g or big_p:  # math-verify would run into the deadline building the number; decide without it
+        if big_g and big_p:
+            return "unparseable", f"both too large to verify ({big_p}) and not written the same way"
+        return "wrong", f"the {'reference' if big_g else 'answer'} holds {big_g or big_p}, the other side does not"
     g, p = _parse_boxed(gold), _parse_boxed(pred)
     if not g:
         return "unparseable", "the reference answer could not be parsed"
@@ -248,7 +350,7 @@ def score_math(answer_text: str, reference: str | None, template: str | None = N
                 return RewardResult(0.0, "no_answer", f"{how} is empty", extracted=raw)
             if reference is None or not reference.strip():
                 return RewardResult(0.0, "no_reference", "no reference answer to compare with", extracted)
-            gold = normalize(last_boxed(reference) or reference)
+            gold = normalize(_reference_answer(reference, cfg.join_adjacent_boxes, cfg.fallback_tail_chars))
             verdict, why = compare(gold, extracted, cfg)
     except SampleTimeout:
         return RewardResult(0.0, "timeout", f"verification took over {cfg.timeout_s:g} s", extracted)
