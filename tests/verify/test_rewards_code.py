@@ -124,6 +124,18 @@ def test_printing_fake_results_does_not_pass():
     assert r.verdict != "passed" and r.reward == 0.0, r
 
 
+def test_function_values_compare_as_json_would_show_them():
+    """Returned values cross as exact builtin types and are compared here the way the JSON expected outputs read:
+    tuples as lists, sets sorted, keys as strings; a value that is not plain data is a runtime error."""
+    tests = json.dumps({"type": "function", "fn_name": "f", "cases": [
+        {"args": [], "output": [1, 2]}, {"args": [], "output": {"1": [3]}}]})
+    assert score_code(py("def f():\n    return (1, 2)"), tests, CFG).reward == 0.5
+    code = "calls = []\ndef f():\n    calls.append(1)\n    return (1, 2) if len(calls) == 1 else {1: {3}}"
+    assert score_code(py(code), tests, CFG).verdict == "passed"
+    r = score_code(py("def f():\n    return range(2)"), tests, CFG)
+    assert r.verdict == "runtime_error" and "not plain data" in r.reason, r
+
+
 # --- asserts (HumanEval) -------------------------------------------------------------------------------------
 def _humaneval() -> list[dict]:
     return [json.loads(line) for line in (BENCH / "humaneval.jsonl").open()]
@@ -151,6 +163,10 @@ def test_humaneval_prompt_record_and_early_exit():
     assert r.verdict == "runtime_error" and r.reward == 0.0, r
     r = score_code(py("import sys\nsys.exit(0)"), prompt["tests"], CFG)
     assert r.verdict == "runtime_error", r
+    r = score_code(py("def has_close_elements(numbers, threshold):\n    return True\n"), prompt["tests"], CFG)
+    assert r.verdict == "wrong_answer", r
+    r = score_code(py("def has_close_elements(numbers, threshold) return"), prompt["tests"], CFG)
+    assert r.verdict == "compile_error", r
 
 
 # --- converters ----------------------------------------------------------------------------------------------

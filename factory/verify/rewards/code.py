@@ -6,11 +6,16 @@ Test format (the `tests` column, JSON). One object of one of three types:
     {"type": "function", "fn_name": "add", "cases": [{"args": [1, 2], "kwargs": {}, "output": 3}, ...]}
     {"type": "assert", "entry_point": "add", "setup": "from typing import List\\n", "test": "def check(candidate): ..."}
 
-Optional on all: "timeout_s" (per case), "memory_mb". `stdio` runs each case in a fresh process (like a judge);
-`language` may be "python" or "cpp" for stdio. `function` calls `fn_name` (or `Solution().fn_name`, LeetCode
-style) once per case in one process, with a per-case timer; the returned value travels back as JSON and is
-compared here, never in the sandbox. `assert` is HumanEval's shape: `setup` (the prompt's imports and helpers) runs
-first, then the program, then `test`, then `check(entry_point)`.
+Optional on all: "timeout_s" (per case), "memory_mb". `stdio` runs each case in a fresh process (like a judge) and
+compares the captured stdout here; `language` may be "python" or "cpp" for stdio. `function` and `assert` run as two
+confined processes (sandbox.Sandbox.run_harnessed): the program, as a candidate that serves calls, and a trusted
+harness that never loads it. `function` calls `fn_name` (or `Solution().fn_name`, LeetCode style) once per case with
+a per-case timer; the return value crosses back through a strict codec (exact builtin types only, rebuilt on the
+trusted side) and is compared here with the expected output, which no sandboxed process ever holds. `assert` is
+HumanEval's shape: the candidate runs `setup` (the prompt's imports and helpers) then the program; the harness runs
+`setup`, then `test`, then `check(candidate)`, where `candidate` (and the entry point's name) is a proxy to the
+program: every comparison the test makes is the harness's own `==` on plain data, so no object of the program can
+decide it, and the program can neither see the test nor reach the verdict's channel.
 
 APPS/TACO (`{"inputs": [...], "outputs": [...], "fn_name"?}`) and LiveCodeBench (`[{"input", "output",
 "testtype"}]`) tests are accepted as they are, through `convert_apps_tests` / `convert_lcb_tests`.
@@ -20,17 +25,16 @@ fraction of cases passed (1.0 only for passed).
 """
 from __future__ import annotations
 
-import ast
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from factory.verify.config import CodeConfig  # noqa: F401
+from factory.verify.config import CodeConfig
 from factory.verify.rewards.extract import last_code_block
 from factory.verify.rewards.result import RewardResult
-from factory.verify.rewards.sandbox import Limits, RunResult, Sandbox
-from factory.verify.rewards.sandbox_child import COMPILE_ERROR_EXIT
+from factory.verify.rewards.sandbox import HarnessRun, Limits, RunResult, Sandbox
+from factory.verify.rewards.sandbox_wire import COMPILE_ERROR_EXIT
 
 CODE_VERDICTS = ("passed", "wrong_answer", "runtime_error", "timeout", "compile_error", "no_code", "no_tests")
 LANGUAGE_TAGS = {"python": ("python", "py", "python3"), "cpp": ("cpp", "c++", "cc", "cxx")}
@@ -286,54 +290,77 @@ def _run_stdio(sb: Sandbox, code: str, suite: TestSuite, cfg: CodeConfig) -> lis
     return outcomes
 
 
-def _harness_lines(run: RunResult, nonce: str) -> dict[int, dict]:
-    lines: dict[int, dict] = {}
-    for raw in run.stdout.decode("utf-8", errors="replace").splitlines():
-        if not raw.startswith("{") or nonce not in raw:
-            continue
-        try:
-            obj = ast.literal_eval(raw)  # literals only: nothing the program printed can run here
-        except (ValueError, SyntaxError, MemoryError, RecursionError):
-            continue
-        if isinstance(obj, dict) and obj.get("nonce") == nonce and isinstance(obj.get("case"), int):
-            lines[obj["case"]] = obj
-    return lines
-
-
 _STATUS_VERDICT = {"timeout": "timeout", "assertion": "wrong_answer", "memory": "runtime_error",
                    "error": "runtime_error", "compile_error": "compile_error"}
 
 
+def _as_json(value: Any) -> Any:
+    """Function tests' expected outputs are JSON: compare a returned value the way JSON would show it (tuples as
+    lists, sets as sorted lists, keys as strings). Runs in the parent, on plain data the harness decoded."""
+    if isinstance(value, (list, tuple)):
+        return [_as_json(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _as_json(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        items = [_as_json(v) for v in value]
+        try:
+            return sorted(items)
+        except TypeError:
+            return items
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, (bytes, complex)):
+        return repr(value)
+    return value
+
+
+def _harness_job(suite: TestSuite, per_case: float) -> dict:
+    if suite.type == "function":  # the expected outputs stay here: the harness only reports what came back
+        return {"mode": "function", "name": suite.fn_name, "case_timeout_s": per_case,
+                "cases": [{"args": c.get("args", []), "kwargs": c.get("kwargs", {})} for c in suite.cases]}
+    return {"mode": "assert", "name": suite.entry_point, "entry_point": suite.entry_point, "setup": suite.setup,
+            "test": suite.test, "case_timeout_s": per_case}
+
+
+def _case_failure(obj: dict, run: HarnessRun, what: str) -> CaseOutcome | None:
+    status = obj.get("status")
+    if status == "exited":
+        return _failure_of(run.candidate, what) or CaseOutcome(
+            "runtime_error", f"{what}: the program exited before reporting it")
+    if status != "ok":
+        return CaseOutcome(_STATUS_VERDICT.get(status, "runtime_error"), f"{what}: {obj.get('error')}")
+    return None
+
+
 def _run_harness(sb: Sandbox, code: str, suite: TestSuite, cfg: CodeConfig) -> list[CaseOutcome]:
+    """Function and assert tests: the program runs as a candidate process; a separate harness process (which never
+    loads it) calls it and runs the test on plain data; the verdict comes from the harness, never the program."""
     sb.write("solution.py", code)
-    nonce = sb.new_nonce()
     n = suite.n_cases
-    per_case = suite.timeout_s or cfg.case_timeout_s
-    if suite.type == "function":
-        extra = {"fn_name": suite.fn_name, "cases": [{"args": c.get("args", []), "kwargs": c.get("kwargs", {})}
-                                                      for c in suite.cases]}
-    else:
-        extra = {"setup": suite.setup, "test": suite.test, "entry_point": suite.entry_point}
-    run = sb.run_python("solution.py", suite.type, limits=_limits(cfg, suite, n), nonce=nonce,
-                        case_timeout_s=per_case, **extra)
-    lines = _harness_lines(run, nonce)
+    lim = _limits(cfg, suite, n)
+    harness_lim = replace(lim, cpu_s=lim.cpu_s + 2, wall_s=lim.wall_s + 2)  # it outlasts the candidate's limits
+    run = sb.run_harnessed("solution.py", _harness_job(suite, suite.timeout_s or cfg.case_timeout_s), lim,
+                           harness_lim)
+    if run.results is None:  # the harness reported nothing: killed, or the candidate's failure took it down
+        failure = _failure_of(run.candidate, "the program") or _failure_of(run.harness, "the test harness")
+        return [failure or CaseOutcome("runtime_error", "the test harness reported nothing")] * n
+    lines = {obj["case"]: obj for obj in run.results if type(obj) is dict and type(obj.get("case")) is int}
     if -1 in lines:  # the program failed before any case could run
         obj = lines[-1]
-        return [CaseOutcome(_STATUS_VERDICT.get(obj["status"], "runtime_error"), obj.get("error") or "")] * n
+        failure = _case_failure(obj, run, "while loading the program") if obj.get("status") == "exited" else \
+            CaseOutcome(_STATUS_VERDICT.get(obj.get("status"), "runtime_error"), obj.get("error") or "")
+        return [failure] * n
     outcomes = []
     for i in range(n):
         obj = lines.get(i)
         if obj is None:
-            failure = _failure_of(run, f"case {i}") or CaseOutcome(
-                "runtime_error", f"case {i}: the program exited before reporting it")
+            outcomes.append(CaseOutcome("runtime_error", f"case {i}: the harness did not report it"))
+        elif failure := _case_failure(obj, run, f"case {i}"):
             outcomes.append(failure)
-        elif obj["status"] != "ok":
-            outcomes.append(CaseOutcome(_STATUS_VERDICT.get(obj["status"], "runtime_error"),
-                                        f"case {i}: {obj.get('error')}"))
-        elif suite.type == "function" and not values_match(obj.get("value"), suite.cases[i]["output"],
+        elif suite.type == "function" and not values_match(_as_json(obj.get("value")), suite.cases[i]["output"],
                                                            cfg.float_tolerance):
             outcomes.append(CaseOutcome("wrong_answer", f"case {i}: expected {_short(suite.cases[i]['output'])}, "
-                                                        f"got {_short(obj.get('value'))}"))
+                                                        f"got {_short(_as_json(obj.get('value')))}"))
         else:
             outcomes.append(CaseOutcome("passed"))
     return outcomes

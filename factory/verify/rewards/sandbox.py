@@ -1,14 +1,19 @@
 """Run untrusted programs (model-written code) confined, with limits, and clean up everything afterwards.
 
-Each `Sandbox` owns a fresh work dir (the program's) and a private dir (the parent's: run specs, the child's code).
-Every run starts `sandbox_child` in the work dir as the leader of its own session and process group; the child
-confines itself (rlimits on CPU, memory, file size, processes and open files; Landlock: write only the work dir,
-read only the interpreter and system libraries, no TCP; seccomp: no sockets but AF_UNIX, no new processes unless
-allowed, no leaving the group, no signals to other processes; as root, every capability dropped; death with the
-parent) and only then runs the program. The parent enforces a wall-clock timeout and an output cap, and always
-kills the whole group when the run ends. Python programs run in the confined interpreter itself (no second
-interpreter start); anything else (a C++ binary, a compiler) is exec'd after confinement, so the design admits
-other languages.
+Each `Sandbox` owns a fresh work dir (the program's). Every run is a new process forked by the zygote
+(sandbox_zygote: one interpreter per verifier process, started once, that holds no sample's data; it forks a couple
+of processes ahead of need, so a run starts with one message), used for that run only, as the leader of its own
+session and process group; the process confines itself (sandbox_confine: rlimits on CPU, memory, file size,
+processes and open files; Landlock: write only its work dir, read only the interpreter and system libraries, no
+TCP; seccomp: no sockets but AF_UNIX, no new processes unless allowed, no leaving the group, no signals to other
+processes; as root, every capability dropped; death with the verifier) and only then runs the program. The parent
+enforces a wall-clock timeout and an output cap, and always kills the whole group when the run ends
+(sandbox_watch). Python programs run in the confined interpreter itself; anything else (a C++ binary, a compiler)
+is exec'd after confinement, so the design admits other languages.
+
+Function and assert tests run as two processes (`run_harnessed`): the candidate (the program, serving calls) and
+the harness (sandbox_harness: the trusted side that calls it and runs the test), each confined, each with its own
+work dir, connected by a socket pair; the verdict comes from the harness, on a channel the program never holds.
 
 Why hand-written: the well-kept sandboxes of the field need root daemons or containers (nsjail, firejail, docker,
 gVisor), and the code-eval harnesses of TRL/open-r1/LiveCodeBench either call out to a remote service or only set
@@ -22,29 +27,19 @@ import marshal
 import os
 import platform
 import secrets
-import selectors
 import shutil
-import signal
+import socket
 import stat
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
-from factory.verify.rewards import sandbox_child
+from factory.verify.rewards import sandbox_wire as wire
+from factory.verify.rewards.sandbox_watch import Proc, RunResult, watch
+from factory.verify.rewards.sandbox_zygote_client import Zygote, ZygoteError, zygote_for
 
-CHILD = str(Path(sandbox_child.__file__).resolve())
-# The child runs from a code object compiled once here (marshal, same interpreter): a script given by path would be
-# compiled from source on every run, and importlib would cost more than the confinement itself.
-BOOTSTRAP = ("import sys, marshal; g = {'__name__': 'factory_sandbox_child'}; "
-             "exec(marshal.loads(open(sys.argv[1], 'rb').read()), g); g['main'](sys.argv[2])")
-
-
-@functools.cache
-def _child_code() -> bytes:
-    return marshal.dumps(compile(Path(CHILD).read_text(), CHILD, "exec"))
+__all__ = ["HarnessRun", "Limits", "RunResult", "Sandbox", "SandboxUnavailable", "capabilities"]
 
 
 class SandboxUnavailable(RuntimeError):
@@ -66,27 +61,13 @@ class Limits:
 
 
 @dataclass
-class RunResult:
-    returncode: int  # negative: killed by that signal
-    pid: int  # of the run's leader, which was also its process group id
-    stdout: bytes
-    stderr: bytes
-    wall_s: float
-    cpu_s: float
-    timed_out: bool = False  # wall clock or CPU limit
-    output_exceeded: bool = False
-    confine_error: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.returncode == 0 and not self.timed_out and not self.output_exceeded
-
-    def stderr_tail(self, chars: int = 400) -> str:
-        text = self.stderr.decode("utf-8", errors="replace").strip()
-        return text if len(text) <= chars else "…" + text[-chars:]
+class HarnessRun:
+    candidate: RunResult
+    harness: RunResult
+    results: list | None  # the harness's per-case report (plain data), None when it sent none
 
 
+@functools.cache
 def capabilities() -> dict:
     """What confinement this machine offers; `usable` is False when the sandbox would refuse to run."""
     arch = platform.machine()
@@ -105,13 +86,6 @@ def capabilities() -> dict:
             "signals_scoped": abi >= 6}
 
 
-def _env(workdir: str) -> dict[str, str]:
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8",
-            "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-            "MKL_NUM_THREADS": "1"}
-
-
 def _rm_tree(path: str) -> None:
     def unlock(func, p, _exc):  # a program may have chmod'ed its files or dirs to 000
         try:
@@ -125,6 +99,18 @@ def _rm_tree(path: str) -> None:
     shutil.rmtree(path, onerror=unlock)
 
 
+def _stdin_fd(stdin: bytes | None) -> int:
+    if not stdin:
+        return os.open(os.devnull, os.O_RDONLY)
+    fh = tempfile.TemporaryFile()  # outside the sandbox dir: the program sees only its own input
+    fh.write(stdin)
+    fh.flush()
+    fd = os.dup(fh.fileno())
+    fh.close()
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
 class Sandbox:
     """A temp dir plus confined runs inside it; use as a context manager (the dir is removed on exit)."""
 
@@ -136,21 +122,17 @@ class Sandbox:
         self.python = python or sys.executable
         self.require_landlock = require_landlock
         self.dir: str | None = None  # the program's work dir (it may write there)
-        self._private: str | None = None  # spec files and the child's code: the parent's alone
+        self._harness_dir: str | None = None  # the harness's (the program cannot reach it)
 
     def __enter__(self) -> "Sandbox":
         self.dir = tempfile.mkdtemp(prefix="factory-sbx-")
-        self._private = tempfile.mkdtemp(prefix="factory-sbx-private-")
-        self._child = os.path.join(self._private, "child.marshal")
-        with open(self._child, "wb") as fh:
-            fh.write(_child_code())
         return self
 
     def __exit__(self, *exc) -> None:
-        for path in (self.dir, self._private):
+        for path in (self.dir, self._harness_dir):
             if path:
                 _rm_tree(path)
-        self.dir = self._private = None
+        self.dir = self._harness_dir = None
 
     def write(self, name: str, data: str | bytes) -> str:
         """Write a file into the work dir; never through a link an earlier run may have planted."""
@@ -169,9 +151,12 @@ class Sandbox:
         return path
 
     def run_python(self, filename: str, mode: str = "script", stdin: bytes | None = None,
-                   limits: Limits | None = None, **python: object) -> RunResult:
-        """Run `filename` (already written) as a script, or through the function/assert harness."""
-        return self._launch({"python": {"mode": mode, "filename": filename, **python}}, stdin, limits)
+                   limits: Limits | None = None) -> RunResult:
+        """Run `filename` (already written) as a script: `python solution.py`, confined."""
+        if mode != "script":
+            raise ValueError("function/assert tests run through run_harnessed (a separate trusted harness)")
+        spec = {"python": {"mode": "script", "filename": filename}}
+        return self._run_one(spec, stdin, limits)
 
     def run_exec(self, argv: list[str], stdin: bytes | None = None, limits: Limits | None = None,
                  extra_read: list[str] | None = None) -> RunResult:
@@ -182,121 +167,111 @@ class Sandbox:
             if not found:
                 raise FileNotFoundError(f"sandbox: no program {argv[0]!r}")
             argv[0] = found
-        return self._launch({"argv": argv, "extra_read": extra_read or []}, stdin, limits)
+        return self._run_one({"argv": argv, "extra_read": extra_read or []}, stdin, limits)
+
+    def run_harnessed(self, filename: str, job: dict, limits: Limits | None = None,
+                      harness_limits: Limits | None = None) -> HarnessRun:
+        """The program `filename` (already written) as the candidate, `job` run by the trusted harness.
+
+        `job`: {"mode": "function"|"assert", "name", "case_timeout_s", "setup"?, "cases"? | "test", "entry_point"}.
+        Expected outputs never belong in `job`: the parent compares the values the harness reports."""
+        if self._harness_dir is None:
+            self._harness_dir = tempfile.mkdtemp(prefix="factory-sbx-harness-")
+        lim = limits or self.limits
+        cand_end, harn_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        parent_end, harness_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        job_frame = wire.frame(marshal.dumps(job))
+        parent_end.setblocking(False)
+        try:  # queued before the fork: the harness finds its job waiting (what does not fit follows below)
+            sent = parent_end.send(job_frame)
+        except BlockingIOError:
+            sent = 0
+        try:
+            cand, harness = self._start_many([
+                ({"python": {"mode": "candidate", "filename": filename}}, None, lim, [cand_end.fileno()], None),
+                ({"python": {"mode": "harness"}, "workdir": self._harness_dir}, None, harness_limits or lim,
+                 [harness_ctl.fileno(), harn_end.fileno()], parent_end)])
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            for s in (cand_end, harn_end, harness_ctl):
+                s.close()
+        try:
+            if sent < len(job_frame):
+                parent_end.settimeout(harness.limits.wall_s)
+                parent_end.sendall(job_frame[sent:])
+        except OSError:
+            pass  # the harness died early: its exit status tells why
+        state: dict = {}
+
+        def finished() -> bool:  # the harness's report is in: nothing either process does next can change it
+            frames = wire.split_frames(bytes(harness.ctl_buf)) if harness.ctl_buf else []
+            if frames and "results" not in state:
+                try:
+                    state["results"] = wire.decode(frames[0])
+                except wire.WireError:
+                    state["results"] = None
+            return "results" in state
+
+        def need_status() -> bool:  # only a failure is explained by how the processes ended
+            res = state.get("results")
+            return type(res) is not list or any(type(r) is not dict or r.get("status") != "ok" for r in res)
+
+        cand_res, harness_res = watch([cand, harness], primary=harness, finished=finished, need_status=need_status)
+        for res in (cand_res, harness_res):
+            self._check_confined(res)
+        finished()
+        results = state.get("results")
+        return HarnessRun(cand_res, harness_res, results if type(results) is list else None)
 
     @staticmethod
     def new_nonce() -> str:
         return secrets.token_hex(16)
 
-    def _launch(self, spec: dict, stdin: bytes | None, limits: Limits | None) -> RunResult:
+    # --- plumbing -------------------------------------------------------------------------------------------
+    def _zygote(self) -> Zygote:
+        return zygote_for(self.python)
+
+    def _start_many(self, runs: list[tuple]) -> list[Proc]:
+        """Start runs of (spec, stdin, limits, channel fds, parent's control socket or None) in one exchange."""
         if not self.dir:
             raise RuntimeError("Sandbox used outside its `with` block")
-        lim = limits or self.limits
-        spec = {**spec, "workdir": self.dir, "limits": asdict(lim), "require_landlock": self.require_landlock,
-                "parent_pid": os.getpid()}
-        spec_path = os.path.join(self._private, f"spec-{secrets.token_hex(6)}")
-        with open(spec_path, "wb") as fh:
-            marshal.dump(spec, fh)
-        stdin_file = tempfile.TemporaryFile()  # outside the sandbox dir: the program sees only its own input
-        if stdin:
-            stdin_file.write(stdin)
-            stdin_file.seek(0)
-        start = time.monotonic()
         try:
-            argv = [self.python, "-I", "-B", "-c", BOOTSTRAP, self._child, spec_path]
-            if os.path.realpath(self.python) != os.path.realpath(sys.executable):  # marshal is per-version
-                argv = [self.python, "-I", "-B", CHILD, spec_path]
-            proc = subprocess.Popen(argv, cwd=self.dir, env=_env(self.dir),
-                                    stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    start_new_session=True, close_fds=True)
-        finally:
-            stdin_file.close()
-        reaped: list = []
+            zygote = self._zygote().ensure()
+        except ZygoteError as exc:
+            raise SandboxUnavailable(str(exc)) from exc
+        requests, ours, theirs = [], [], []
         try:
-            out, err, timed_out, exceeded = self._collect(proc, start + lim.wall_s, lim.max_output_bytes, reaped)
+            for spec, stdin, lim, channels, _ctl in runs:
+                spec = {"workdir": self.dir, **spec, "limits": asdict(lim), "require_landlock": self.require_landlock}
+                out_r, out_w = os.pipe()
+                err_r, err_w = os.pipe()
+                status_r, status_w = os.pipe()
+                ours.append((out_r, err_r, status_r))
+                fds = [_stdin_fd(stdin), out_w, err_w, *channels, status_w]
+                theirs += [fds[0], out_w, err_w, status_w]
+                requests.append((spec, fds))
+            start = time.monotonic()
+            pids = zygote.spawn_many(requests)
+        except BaseException as exc:
+            for fd in (fd for triple in ours for fd in triple):
+                os.close(fd)
+            if isinstance(exc, ZygoteError):
+                raise SandboxUnavailable(str(exc)) from exc
+            raise
         finally:
-            self._kill_group(proc.pid)
-            os.unlink(spec_path)
-        status, usage = reaped[0] if reaped else os.wait4(proc.pid, 0)[1:]
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        proc.stdout.close()
-        proc.stderr.close()
-        wall = time.monotonic() - start
-        cpu = usage.ru_utime + usage.ru_stime
-        rc = proc.returncode
-        result = RunResult(returncode=rc, pid=proc.pid, stdout=out, stderr=err, wall_s=wall, cpu_s=cpu,
-                           output_exceeded=exceeded)
-        if timed_out:
-            result.timed_out = True
-            result.notes.append(f"wall-clock limit {lim.wall_s:g} s")
-        elif rc == -signal.SIGXCPU or (rc == -signal.SIGKILL and cpu >= int(lim.cpu_s + 0.999) - 0.5):
-            result.timed_out = True
-            result.notes.append(f"CPU limit {lim.cpu_s:g} s")
-        if exceeded:
-            result.notes.append(f"output over {lim.max_output_bytes} bytes")
-        if rc == sandbox_child.CONFINE_ERROR_EXIT:
-            result.confine_error = result.stderr_tail()
-            if "confinement failed" in result.confine_error:
-                raise SandboxUnavailable(result.confine_error)
+            for fd in theirs:
+                os.close(fd)
+        return [Proc(pid, run[2], *mine, start, ctl=run[4]) for pid, run, mine in zip(pids, runs, ours)]
+
+    def _run_one(self, spec: dict, stdin: bytes | None, limits: Limits | None) -> RunResult:
+        (proc,) = self._start_many([(spec, stdin, limits or self.limits, [], None)])
+        (result,) = watch([proc])
+        self._check_confined(result)
         return result
 
     @staticmethod
-    def _collect(proc: subprocess.Popen, deadline: float, cap: int, reaped: list) -> tuple[bytes, bytes, bool, bool]:
-        """Read stdout/stderr until both close, the deadline passes, or more than `cap` bytes arrive on one.
-
-        The leader is reaped here with wait4 (not Popen.poll) to keep its resource usage; (status, rusage) is
-        appended to `reaped` when that happens."""
-        bufs = {proc.stdout.fileno(): bytearray(), proc.stderr.fileno(): bytearray()}
-        sel = selectors.DefaultSelector()
-        for f in (proc.stdout, proc.stderr):
-            os.set_blocking(f.fileno(), False)
-            sel.register(f.fileno(), selectors.EVENT_READ)
-        timed_out = exceeded = False
-        exited_at: float | None = None
-        try:
-            while sel.get_map():
-                now = time.monotonic()
-                if now >= deadline:
-                    timed_out = True
-                    break
-                if exited_at is None:
-                    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-                    if pid:
-                        reaped.append((status, usage))
-                        exited_at = now
-                if exited_at is not None and now - exited_at > 0.5:
-                    break  # the leader is gone; something it left behind holds the pipes: it is killed below
-                for key, _ in sel.select(timeout=min(0.1, deadline - now)):
-                    try:
-                        chunk = os.read(key.fd, 65536)
-                    except BlockingIOError:
-                        continue
-                    if not chunk:
-                        sel.unregister(key.fd)
-                        continue
-                    buf = bufs[key.fd]
-                    if len(buf) + len(chunk) > cap:
-                        exceeded = True
-                    buf += chunk[: max(0, cap - len(buf))]
-                if exceeded:
-                    break
-        finally:
-            sel.close()
-        pause = 0.001
-        while not (timed_out or exceeded or reaped):  # pipes closed, the program may still be running
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                reaped.append((status, usage))
-            elif time.monotonic() >= deadline:
-                timed_out = True
-            else:
-                time.sleep(pause)
-                pause = min(pause * 2, 0.05)
-        return bytes(bufs[proc.stdout.fileno()]), bytes(bufs[proc.stderr.fileno()]), timed_out, exceeded
-
-    @staticmethod
-    def _kill_group(pgid: int) -> None:
-        try:
-            os.killpg(pgid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+    def _check_confined(result: RunResult) -> None:
+        if result.confine_error and "confinement failed" in result.confine_error:
+            raise SandboxUnavailable(result.confine_error)

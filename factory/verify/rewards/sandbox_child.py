@@ -1,310 +1,37 @@
-"""The process side of the sandbox: confine this process, then run the untrusted program.
+"""What a confined process runs once the zygote has forked and confined it (sandbox_zygote): the program's side.
 
-Started by `factory.verify.rewards.sandbox` as `python -I -B -c BOOTSTRAP CODE SPEC` inside the sandbox's temp dir, where
-CODE is this file compiled once by the parent (marshal), so no run pays for compiling or finding it. It must
-not import `factory` (the sandboxed interpreter runs isolated, without the repository on its path) and it must do
-all confinement before any untrusted byte runs. Order matters:
+Three jobs, as the spec says:
 
-1. resource limits (CPU, address space, file size, processes, open files, no core dumps);
-2. as root: lock securebits, drop the capability bounding set and ambient caps (needs CAP_SETPCAP);
-3. no_new_privs;
-4. Landlock: read/execute only the interpreter, system libraries and the temp dir; write only the temp dir;
-   no TCP bind/connect; no signals or abstract unix sockets outside the sandbox (kernel ABI permitting);
-5. as root: clear all capabilities (uid 0 without capabilities cannot mount, kill others, override file modes…);
-6. seccomp: deny sockets other than AF_UNIX, new processes (fork/vfork/clone without CLONE_THREAD, clone3) when
-   only one process is allowed, leaving the process group (setsid/setpgid), signalling other processes, ptrace,
-   cross-process memory access and io_uring (which can open sockets without socket(2)).
+- `script`: run the program like `python solution.py` (fresh `__main__`, its folder first on sys.path); the parent
+  compares what it printed (stdio tests).
+- `candidate`: load the program (after the prompt's `setup`), then serve calls of one function on descriptor 3,
+  the channel to its driver (the harness process of sandbox_harness): each call's arguments come in as marshal from
+  the trusted side; each return value goes back through the strict codec of sandbox_wire (exact builtin types only;
+  a subclass or an object of the program's own is refused, and the reply is decoded again on the trusted side, so
+  no object the program made reaches the comparison). This process holds no test and no expected output: nothing in
+  it decides pass or fail, so nothing it patches (builtins, modules, frames, this file's functions) can.
+- `harness`: the trusted side (sandbox_harness), in a process of its own that never loads the program.
 
-Then it runs, as the spec says: `exec` (execv an argv, e.g. a compiled C++ program or a compiler) or `python`
-(compile and run a Python program in this same interpreter: `script` like `python solution.py`, `function` calls
-a named function on JSON arguments, `assert` runs HumanEval-style `check(candidate)`).
-
-Results of `function`/`assert` runs go, one Python-literal dict a line, to the original stdout, which the child keeps
-on a private descriptor; the program's own stdout is sent to stderr so that prints cannot mix with results. Each line
-carries a nonce the parent chose; the parent compares returned values with the expected ones itself, so a program
-cannot pass by printing. (A program that deliberately inspects this harness could forge an `assert` success line:
-the sandbox contains damage, it does not make in-process asserts unforgeable.)
+A leaf module (no `factory` import): inside the sandbox the zygote loaded it under the plain name `sandbox_child`.
 """
 from __future__ import annotations
 
-import _signal as signal  # the C module: `signal` would import enum, which costs startup time
-import ctypes
+import _signal as signal
 import marshal
 import os
-import resource
-import struct
+import socket
 import sys
 
-COMPILE_ERROR_EXIT = 97  # exit status meaning: the Python program did not compile
-CONFINE_ERROR_EXIT = 96  # exit status meaning: confinement could not be set up (nothing untrusted ran)
+try:
+    import sandbox_wire as wire
+except ImportError:
+    from factory.verify.rewards import sandbox_wire as wire
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.prctl.restype = ctypes.c_int
-
-PR_SET_PDEATHSIG = 1
-PR_SET_NO_NEW_PRIVS = 38
-PR_SET_SECCOMP = 22
-PR_CAPBSET_DROP = 24
-PR_SET_SECUREBITS = 28
-PR_CAP_AMBIENT = 47
-PR_CAP_AMBIENT_CLEAR_ALL = 4
-SECCOMP_MODE_FILTER = 2
-
-# --- per-architecture syscall numbers -------------------------------------------------------------------------
-_ARCH = {
-    "x86_64": dict(audit=0xC000003E, socket=41, fork=57, vfork=58, clone=56, clone3=435, setsid=112, setpgid=109,
-                   ptrace=101, kill=62, tkill=200, tgkill=234, pidfd_open=434, process_vm_readv=310,
-                   process_vm_writev=311, io_uring_setup=425, x32_bit=0x40000000),
-    "aarch64": dict(audit=0xC00000B7, socket=198, fork=None, vfork=None, clone=220, clone3=435, setsid=157,
-                    setpgid=154, ptrace=117, kill=129, tkill=130, tgkill=131, pidfd_open=434,
-                    process_vm_readv=270, process_vm_writev=271, io_uring_setup=425, x32_bit=None),
-}
-_LANDLOCK_CREATE_RULESET, _LANDLOCK_ADD_RULE, _LANDLOCK_RESTRICT_SELF = 444, 445, 446
-_CAPSET = {"x86_64": 126, "aarch64": 91}
+COMPILE_ERROR_EXIT = wire.COMPILE_ERROR_EXIT
+CONFINE_ERROR_EXIT = wire.CONFINE_ERROR_EXIT
+CHANNEL_FD = 3
 
 
-class ConfineError(RuntimeError):
-    pass
-
-
-def _fail(msg: str) -> None:
-    raise ConfineError(f"{msg}: {os.strerror(ctypes.get_errno())}")
-
-
-# --- limits --------------------------------------------------------------------------------------------------
-def set_limits(lim: dict) -> None:
-    cpu = max(1, int(lim["cpu_s"] + 0.999))
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))  # SIGXCPU at cpu, SIGKILL one second later
-    mem = int(lim["memory_mb"]) * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
-    fsize = int(lim["file_size_mb"]) * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    nofile = int(lim["open_files"])
-    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-    # RLIMIT_NPROC counts every process of the user and does not bind uid 0 at all: seccomp below is what really
-    # stops new processes; this limit is a second fence for unprivileged users when processes are allowed.
-    # Threads count too, hence the allowance on top of the processes the user already runs.
-    nproc = _user_process_count() + int(lim["max_processes"]) + int(lim.get("max_threads", 32))
-    resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-
-
-def _user_process_count() -> int:
-    uid = os.getuid()
-    count = 0
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if os.stat(f"/proc/{name}").st_uid == uid:
-                    count += 1
-            except OSError:
-                pass
-    return count
-
-
-# --- capabilities (only when started as root) -----------------------------------------------------------------
-def drop_root_bounding() -> None:
-    if os.geteuid() != 0:
-        return
-    # SECBIT_NOROOT | SECBIT_NOROOT_LOCKED: uid 0 gains no capabilities from execve any more.
-    if _libc.prctl(PR_SET_SECUREBITS, 0x3, 0, 0, 0) != 0:
-        _fail("prctl(PR_SET_SECUREBITS)")
-    last = int(open("/proc/sys/kernel/cap_last_cap").read())
-    for cap in range(last + 1):
-        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
-            _fail(f"prctl(PR_CAPBSET_DROP, {cap})")
-    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-
-
-def clear_capabilities(arch: str) -> None:
-    if os.geteuid() != 0:
-        return
-    header = struct.pack("Ii", 0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this process
-    data = bytes(24)  # two __user_cap_data_struct {effective, permitted, inheritable}, all zero
-    hbuf, dbuf = ctypes.create_string_buffer(header), ctypes.create_string_buffer(data)
-    if _libc.syscall(_CAPSET[arch], hbuf, dbuf) != 0:
-        _fail("capset")
-
-
-# --- Landlock ------------------------------------------------------------------------------------------------
-_FS_EXECUTE, _FS_WRITE_FILE, _FS_READ_FILE, _FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
-_FS_DIR_ONLY = sum(1 << i for i in range(4, 13))  # remove dir/file, make char/dir/reg/sock/fifo/block/sym
-_FS_REFER, _FS_TRUNCATE, _FS_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15
-
-
-def landlock_abi() -> int:
-    abi = _libc.syscall(_LANDLOCK_CREATE_RULESET, None, 0, 1)  # LANDLOCK_CREATE_RULESET_VERSION
-    return int(abi) if abi > 0 else 0
-
-
-def apply_landlock(workdir: str, read_paths: list[str], rw_files: list[str]) -> int:
-    abi = landlock_abi()
-    if abi <= 0:
-        return 0
-    file_rights = _FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE
-    if abi >= 3:
-        file_rights |= _FS_TRUNCATE
-    if abi >= 5:
-        file_rights |= _FS_IOCTL_DEV
-    handled = file_rights | _FS_READ_DIR | _FS_DIR_ONLY | (_FS_REFER if abi >= 2 else 0)
-    net = 0b11 if abi >= 4 else 0  # LANDLOCK_ACCESS_NET_BIND_TCP | CONNECT_TCP, with no rule allowing either
-    scoped = 0b11 if abi >= 6 else 0  # LANDLOCK_SCOPE_ABSTRACT_UNIX_SOCKET | LANDLOCK_SCOPE_SIGNAL
-    attr = struct.pack("QQQ", handled, net, scoped)
-    size = 24 if abi >= 6 else 16 if abi >= 4 else 8
-    buf = ctypes.create_string_buffer(attr[:size], size)
-    ruleset = _libc.syscall(_LANDLOCK_CREATE_RULESET, buf, size, 0)
-    if ruleset < 0:
-        _fail("landlock_create_ruleset")
-
-    def allow(path: str, rights: int) -> None:
-        try:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except OSError:
-            return
-        try:
-            if not os.path.isdir(path):
-                rights &= file_rights
-            rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, fd), 12)
-            if _libc.syscall(_LANDLOCK_ADD_RULE, ruleset, 1, rule, 0) != 0:  # LANDLOCK_RULE_PATH_BENEATH
-                _fail(f"landlock_add_rule({path})")
-        finally:
-            os.close(fd)
-
-    read_rights = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
-    for path in read_paths:
-        allow(path, read_rights)
-    for path in rw_files:
-        allow(path, read_rights | _FS_WRITE_FILE | (_FS_TRUNCATE if abi >= 3 else 0))
-    allow(workdir, handled)
-    if _libc.syscall(_LANDLOCK_RESTRICT_SELF, ruleset, 0) != 0:
-        _fail("landlock_restrict_self")
-    os.close(ruleset)
-    return abi
-
-
-# --- seccomp -------------------------------------------------------------------------------------------------
-_LD_W_ABS, _JEQ, _JSET, _JGE, _RET = 0x20, 0x15, 0x45, 0x35, 0x06
-_ALLOW, _KILL = 0x7FFF0000, 0x80000000
-
-
-def _errno(e: int) -> int:
-    return 0x00050000 | e
-
-
-class _Asm:
-    """A tiny classic-BPF assembler with symbolic jump targets (jumps only go forward)."""
-
-    def __init__(self) -> None:
-        self.code: list[tuple] = []
-        self.labels: dict[str, int] = {}
-
-    def op(self, code: int, k: int = 0, jt: str | int = 0, jf: str | int = 0) -> None:
-        self.code.append((code, jt, jf, k & 0xFFFFFFFF))
-
-    def label(self, name: str) -> None:
-        self.labels[name] = len(self.code)
-
-    def assemble(self) -> bytes:
-        out = b""
-        for i, (code, jt, jf, k) in enumerate(self.code):
-            rel = [self.labels[j] - i - 1 if isinstance(j, str) else j for j in (jt, jf)]
-            if any(not 0 <= r <= 255 for r in rel):
-                raise ConfineError("seccomp program jump out of range")
-            out += struct.pack("HBBI", code, rel[0], rel[1], k)
-        return out
-
-
-def seccomp_program(arch: str, pid: int, allow_processes: bool) -> bytes:
-    import errno
-
-    nr = _ARCH[arch]
-    a = _Asm()
-    a.op(_LD_W_ABS, 4)  # seccomp_data.arch
-    a.op(_JEQ, nr["audit"], 0, "kill")
-    a.op(_LD_W_ABS, 0)  # seccomp_data.nr
-    if nr["x32_bit"]:
-        a.op(_JGE, nr["x32_bit"], "kill", 0)
-    rules: list[tuple[int | None, str]] = [
-        (nr["socket"], "socket"), (nr["setsid"], "eperm"), (nr["setpgid"], "eperm"), (nr["ptrace"], "eperm"),
-        (nr["process_vm_readv"], "eperm"), (nr["process_vm_writev"], "eperm"), (nr["io_uring_setup"], "eperm"),
-        (nr["pidfd_open"], "eperm"), (nr["tkill"], "eperm"), (nr["kill"], "kill_self"),
-        (nr["tgkill"], "tgkill_self"),
-    ]
-    if not allow_processes:
-        rules += [(nr["fork"], "eagain"), (nr["vfork"], "eagain"), (nr["clone"], "clone"), (nr["clone3"], "enosys")]
-    for number, target in rules:
-        if number is not None:
-            a.op(_JEQ, number, target, 0)
-    a.op(_RET, _ALLOW)
-    a.label("socket")
-    a.op(_LD_W_ABS, 16)  # args[0]: the address family
-    a.op(_JEQ, 1, "allow", 0)  # AF_UNIX
-    a.op(_RET, _errno(errno.EACCES))
-    a.label("clone")
-    a.op(_LD_W_ABS, 16)  # args[0]: clone flags
-    a.op(_JSET, 0x00010000, "allow", 0)  # CLONE_THREAD: threads are fine, new processes are not
-    a.op(_RET, _errno(errno.EAGAIN))
-    a.label("kill_self")
-    a.op(_LD_W_ABS, 16)  # args[0]: pid (0 = own group, -pid = own group: the sandbox is its own session)
-    a.op(_JEQ, pid, "allow", 0)
-    a.op(_JEQ, 0, "allow", 0)
-    a.op(_JEQ, -pid, "allow", 0)
-    a.op(_RET, _errno(errno.EPERM))
-    a.label("tgkill_self")
-    a.op(_LD_W_ABS, 16)  # args[0]: thread group id
-    a.op(_JEQ, pid, "allow", 0)
-    a.op(_RET, _errno(errno.EPERM))
-    a.label("eperm")
-    a.op(_RET, _errno(errno.EPERM))
-    a.label("eagain")
-    a.op(_RET, _errno(errno.EAGAIN))
-    a.label("enosys")
-    a.op(_RET, _errno(errno.ENOSYS))
-    a.label("allow")
-    a.op(_RET, _ALLOW)
-    a.label("kill")
-    a.op(_RET, _KILL)
-    return a.assemble()
-
-
-def apply_seccomp(arch: str, allow_processes: bool) -> None:
-    prog = seccomp_program(arch, os.getpid(), allow_processes)
-    filt = ctypes.create_string_buffer(prog, len(prog))
-    fprog = struct.pack("HxxxxxxQ", len(prog) // 8, ctypes.addressof(filt))
-    fbuf = ctypes.create_string_buffer(fprog, len(fprog))
-    if _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, fbuf, 0, 0) != 0:
-        _fail("prctl(PR_SET_SECCOMP)")
-
-
-def read_paths_for_python() -> list[str]:
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))}
-    paths.update(p for p in sys.path if p and os.path.isdir(p))
-    paths.update(["/usr", "/lib", "/lib64", "/lib32", "/bin", "/etc/ld.so.cache", "/etc/ld.so.conf",
-                  "/etc/ld.so.conf.d", "/etc/localtime", "/dev/urandom", "/dev/random", "/dev/zero",
-                  f"/proc/{os.getpid()}", "/sys/devices/system/cpu"])
-    return sorted({os.path.realpath(p) for p in paths} | paths)
-
-
-def confine(spec: dict) -> dict:
-    """Apply every limit; return what was applied (reported back to the parent on failure paths)."""
-    arch = os.uname().machine
-    if arch not in _ARCH:
-        raise ConfineError(f"unsupported architecture {arch}")
-    lim = spec["limits"]
-    set_limits(lim)
-    drop_root_bounding()
-    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-        _fail("prctl(PR_SET_NO_NEW_PRIVS)")
-    abi = apply_landlock(spec["workdir"], read_paths_for_python() + spec.get("extra_read", []), ["/dev/null"])
-    if abi == 0 and spec.get("require_landlock", True):
-        raise ConfineError("Landlock is not available in this kernel: file-system confinement impossible")
-    clear_capabilities(arch)
-    apply_seccomp(arch, allow_processes=int(lim["max_processes"]) > 1)
-    return {"landlock_abi": abi}
-
-
-# --- the Python harness --------------------------------------------------------------------------------------
 class _CaseTimeout(BaseException):
     pass
 
@@ -313,155 +40,132 @@ def _on_alarm(signum, frame):  # noqa: ARG001
     raise _CaseTimeout()
 
 
-def _jsonable(value, depth: int = 0):
-    if depth > 50:
-        return repr(value)
-    if isinstance(value, str) and len(value) > 1_000_000:
-        return value[:1_000_000]
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else repr(value)
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v, depth + 1) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, (set, frozenset)):
-        try:
-            return sorted(_jsonable(v, depth + 1) for v in value)
-        except TypeError:
-            return [_jsonable(v, depth + 1) for v in value]
-    try:  # numpy scalars and arrays, Fractions, Decimals…
-        if hasattr(value, "tolist"):
-            return _jsonable(value.tolist(), depth + 1)
-        return float(value) if not isinstance(value, complex) else repr(value)
-    except Exception:
-        return repr(value)
-
-
-def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
+def describe(exc: BaseException) -> str:
+    try:
+        text = f"{type(exc).__name__}: {exc}"
+    except BaseException:  # noqa: BLE001 - a program's exception whose __str__ fails
+        text = type(exc).__name__
     return text if len(text) <= 300 else text[:300] + "…"
 
 
-def run_python(spec: dict, source: str) -> None:
-    py = spec["python"]
-    mode = py["mode"]
-    if mode == "script":
-        # Behave like `python solution.py`: fresh __main__, the program's folder first on sys.path.
-        try:
-            code = compile(source, py["filename"], "exec")
-        except (SyntaxError, ValueError) as exc:
-            sys.stderr.write(f"compile error: {_describe(exc)}\n")
-            sys.stderr.flush()
-            os._exit(COMPILE_ERROR_EXIT)
-        sys.argv = [py["filename"]]
-        sys.path.insert(0, spec["workdir"])
-        main = type(sys)("__main__")
-        main.__file__ = py["filename"]
-        main.__builtins__ = __builtins__
-        sys.modules["__main__"] = main
-        exec(code, main.__dict__)
-        return
-
-    # function / assert: keep the real stdout for results, send the program's prints to stderr.
-    out = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    nonce = py["nonce"]
-
-    def emit(**obj) -> None:
-        # A Python literal (the parent reads it with ast.literal_eval): no json import, which costs startup time.
-        out.write(repr({"nonce": nonce, **obj}) + "\n")
-
-    try:
-        code = compile(source, py["filename"], "exec")
-    except (SyntaxError, ValueError) as exc:
-        emit(case=-1, status="compile_error", error=_describe(exc))
-        out.flush()
-        os._exit(COMPILE_ERROR_EXIT)
-
+def guarded(fn, timeout_s: float) -> tuple[str, object, str | None]:
+    """Run fn() under a wall-clock alarm; every failure of untrusted code is a (status, None, error) result."""
     signal.signal(signal.SIGALRM, _on_alarm)
-    case_timeout = float(py.get("case_timeout_s", 5.0))
+    signal.setitimer(signal.ITIMER_REAL, max(timeout_s, 0.001))
+    try:
+        return "ok", fn(), None
+    except _CaseTimeout:
+        return "timeout", None, f"over {timeout_s:g} s"
+    except AssertionError as exc:
+        return "assertion", None, describe(exc) if str(exc) else "AssertionError"
+    except MemoryError:
+        return "memory", None, "MemoryError"
+    except SystemExit as exc:
+        return "error", None, f"SystemExit({exc.code})"
+    except BaseException as exc:  # noqa: BLE001
+        return "error", None, describe(exc)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _read_source(spec: dict) -> str:
+    with open(os.path.join(spec["workdir"], spec["python"]["filename"]), encoding="utf-8", errors="replace") as fh:
+        return fh.read()
+
+
+def run_script(spec: dict) -> None:
+    py = spec["python"]
+    try:
+        code = compile(_read_source(spec), py["filename"], "exec")
+    except (SyntaxError, ValueError) as exc:
+        sys.stderr.write(f"compile error: {describe(exc)}\n")
+        sys.stderr.flush()
+        os._exit(COMPILE_ERROR_EXIT)
+    sys.argv = [py["filename"]]
+    sys.path.insert(0, spec["workdir"])
+    main = type(sys)("__main__")
+    main.__file__ = py["filename"]
+    main.__builtins__ = __builtins__
+    sys.modules["__main__"] = main
+    try:
+        exec(code, main.__dict__)
+    finally:  # like the interpreter's exit: wait for the program's threads, run its atexit functions
+        if "threading" in sys.modules:
+            sys.modules["threading"]._shutdown()
+        import atexit
+
+        atexit._run_exitfuncs()
+
+
+def _reply(chan: socket.socket, status: str, value=None, error: str | None = None, stage: str = "call") -> None:
+    try:
+        body = wire.encode({"status": status, "value": value, "error": error, "stage": stage})
+    except wire.WireError as exc:
+        body = wire.encode({"status": "error", "value": None,
+                            "error": f"returned a value that is not plain data ({exc}): only exact int, float, "
+                                     "bool, str, bytes, None, list, tuple, dict, set, frozenset, complex"})
+    wire.send(chan, body)
+
+
+def _load(chan: socket.socket, spec: dict, job: dict):
+    """Compile and run the program; the function to call, or None once the failure is reported (a success is not
+    reported: the harness sends its first call right behind the program, and its answer says the load went well)."""
+    try:
+        code = compile(_read_source(spec), spec["python"]["filename"], "exec")
+    except (SyntaxError, ValueError) as exc:
+        _reply(chan, "compile_error", error=describe(exc), stage="load")
+        return None
     namespace: dict = {"__name__": "solution", "__builtins__": __builtins__}
     sys.path.insert(0, spec["workdir"])
 
-    def guarded(fn, case: int):
-        signal.setitimer(signal.ITIMER_REAL, case_timeout)
-        try:
-            return "ok", fn(), None
-        except _CaseTimeout:
-            return "timeout", None, f"over {case_timeout:g} s"
-        except AssertionError as exc:
-            return "assertion", None, _describe(exc) if str(exc) else "AssertionError"
-        except MemoryError:
-            return "memory", None, "MemoryError"
-        except SystemExit as exc:
-            return "error", None, f"SystemExit({exc.code})"
-        except RecursionError as exc:
-            return "error", None, _describe(exc)
-        except BaseException as exc:  # noqa: BLE001 - every failure of untrusted code is a result
-            return "error", None, _describe(exc)
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+    def load():
+        if job.get("setup"):
+            exec(compile(job["setup"], "setup.py", "exec"), namespace)
+        exec(code, namespace)
 
-    if py.get("setup"):
-        exec(compile(py["setup"], "setup.py", "exec"), namespace)
-    status, _, err = guarded(lambda: exec(code, namespace), -1)
+    status, _, err = guarded(load, job["timeout_s"])
     if status != "ok":
-        emit(case=-1, status=status, error=f"while loading the program: {err}")
+        _reply(chan, status, error=f"while loading the program: {err}", stage="load")
+        return None
+    name = job["name"]
+    fn = namespace.get(name)
+    if not callable(fn) and job.get("leetcode") and isinstance(namespace.get("Solution"), type):
+        status, fn, err = guarded(lambda: getattr(namespace["Solution"](), name, None), job["timeout_s"])
+    if not callable(fn):
+        _reply(chan, "error", error=f"no function named {name!r} in the program", stage="load")
+        return None
+    return fn
+
+
+def run_candidate(spec: dict) -> None:
+    chan = socket.socket(fileno=CHANNEL_FD)
+    job = marshal.loads(wire.recv(chan, cap=1 << 30))  # from the harness: trusted
+    fn = _load(chan, spec, job)
+    if fn is None:
         return
-
-    if mode == "function":
-        name = py["fn_name"]
-        fn = namespace.get(name)
-        if not callable(fn) and isinstance(namespace.get("Solution"), type):
-            fn = getattr(namespace["Solution"](), name, None)  # LeetCode style: class Solution
-        if not callable(fn):
-            emit(case=-1, status="error", error=f"no function named {name!r} in the program")
+    while True:
+        try:
+            call = marshal.loads(wire.recv(chan, cap=1 << 30))
+        except wire.WireClosed:
             return
-        import copy
+        if call.get("ping"):  # a test that never called the program: is it loaded?
+            _reply(chan, "ok")
+            continue
+        status, value, err = guarded(lambda c=call: fn(*c["args"], **c["kwargs"]), call["timeout_s"])
+        _reply(chan, status, value, err)
 
-        for i, case in enumerate(py["cases"]):
-            args, kwargs = copy.deepcopy(case.get("args", [])), copy.deepcopy(case.get("kwargs", {}))
-            status, value, err = guarded(lambda: fn(*args, **kwargs), i)
-            emit(case=i, status=status, value=_jsonable(value) if status == "ok" else None, error=err)
-    elif mode == "assert":
-        exec(compile(py["test"], "test.py", "exec"), namespace)
-        entry = namespace.get(py["entry_point"])
-        if not callable(entry):
-            emit(case=0, status="error", error=f"no function named {py['entry_point']!r} in the program")
-            return
-        status, _, err = guarded(lambda: namespace["check"](entry), 0)
-        emit(case=0, status=status, error=err)
+
+def run(spec: dict) -> None:
+    mode = spec["python"]["mode"]
+    if mode == "script":
+        run_script(spec)
+    elif mode == "candidate":
+        run_candidate(spec)
+    elif mode == "harness":
+        try:
+            import sandbox_harness as harness
+        except ImportError:
+            from factory.verify.rewards import sandbox_harness as harness
+        harness.run_harness(spec)
     else:
         raise ValueError(f"unknown python mode {mode!r}")
-    out.flush()
-
-
-def main(spec_path: str) -> None:
-    # Die with the parent: a verifier killed mid-run must not leave programs running (wall limits are the
-    # parent's to enforce). The check after the prctl closes the race with a parent that died just before.
-    _libc.prctl(PR_SET_PDEATHSIG, 9, 0, 0, 0)
-    with open(spec_path, "rb") as fh:
-        spec = marshal.load(fh)  # marshal: a builtin, fast to load (json would pull in re, enum…)
-    if os.getppid() != spec["parent_pid"]:
-        os._exit(CONFINE_ERROR_EXIT)
-    # The spec lives in the parent's private dir, unreadable once confined: the program cannot read its tests'
-    # source or the nonce. Nothing from the (program-writable) work dir is read before confinement: an earlier run
-    # may have replaced its files with links to secrets.
-    try:
-        confine(spec)
-    except Exception as exc:  # noqa: BLE001
-        sys.stderr.write(f"sandbox confinement failed: {exc}\n")
-        sys.stderr.flush()
-        os._exit(CONFINE_ERROR_EXIT)
-    if spec.get("argv"):
-        argv = spec["argv"]
-        os.execv(argv[0], argv)
-    with open(os.path.join(spec["workdir"], spec["python"]["filename"]), encoding="utf-8", errors="replace") as fh:
-        source = fh.read()
-    run_python(spec, source)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
