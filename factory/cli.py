@@ -34,12 +34,15 @@ ConfigOpt = Annotated[Path, typer.Option("--config", "-c", help="pipeline YAML (
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="run folder (default: outputs/<name>)")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="override a YAML key: --set sampling.n=8")]
 _STAGES_HELP = f"comma-separated subset of the pipeline's stages ({', '.join(STAGE_NAMES)})"
+ExecutorOpt = Annotated[Optional[str], typer.Option(
+    "--executor", help="where the work runs: local or ray (the same as --set executor.kind=...)")]
 NewRunOpt = Annotated[bool, typer.Option("--new-run", help="discard this stage's earlier output and start afresh")]
 
 
-def _load(config: Path, overrides: list[str] | None):
+def _load(config: Path, overrides: list[str] | None, executor: str | None = None):
+    overrides = [*(overrides or []), *([f"executor.kind={executor}"] if executor else [])]
     try:
-        return load_pipeline(config, overrides or [])
+        return load_pipeline(config, overrides)
     except ConfigError as exc:
         typer.secho(f"config error:\n{exc}", fg="red", err=True)
         raise typer.Exit(2) from None
@@ -51,6 +54,7 @@ def _out(cfg, out: Path | None) -> Path:
 
 def _guard(fn, *args, **kwargs):
     """Run a stage; known user errors print one clear message and exit 1 instead of a traceback."""
+    from factory.core.ray_cluster import ExecutorError
     from factory.core.schema import SchemaError
     from factory.core.shards import StageConfigChanged
     from factory.generate.sources import SourceError
@@ -58,19 +62,20 @@ def _guard(fn, *args, **kwargs):
 
     try:
         return fn(*args, **kwargs)
-    except (SourceError, TeacherError, StageConfigChanged, SchemaError, FileNotFoundError, ValueError) as exc:
+    except (SourceError, TeacherError, ExecutorError, StageConfigChanged, SchemaError, FileNotFoundError,
+            ValueError) as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         raise typer.Exit(1) from None
 
 
 @app.command()
 def run(pipeline: Annotated[Path, typer.Argument(help="pipeline YAML, e.g. pipelines/demo.yaml")],
-        out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False,
+        out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False, executor: ExecutorOpt = None,
         stages: Annotated[Optional[str], typer.Option(help=_STAGES_HELP)] = None):
     """Run the pipeline's stages in order, resuming a stopped run."""
     from factory.pipeline import run_pipeline
 
-    cfg = _load(pipeline, set_)
+    cfg = _load(pipeline, set_, executor)
     _guard(run_pipeline, cfg, _out(cfg, out), new_run=new_run, only=stages.split(",") if stages else None)
 
 
@@ -93,8 +98,9 @@ def preview(pipeline: Annotated[Path, typer.Argument(help="pipeline YAML, e.g. p
 def _stage_command(name: str, summary: str):
     """A `factory NAME --config … --out … --set … --new-run` command running stage NAME of the registry."""
 
-    def command(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False):
-        cfg = _load(config, set_)
+    def command(config: ConfigOpt, out: OutOpt = None, set_: SetOpt = None, new_run: NewRunOpt = False,
+                executor: ExecutorOpt = None):
+        cfg = _load(config, set_, executor)
         _guard(stage(name), cfg, _out(cfg, out), new_run=new_run)
 
     command.__doc__ = summary

@@ -5,16 +5,14 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from factory.config import PipelineConfig
+from typing import Any, Protocol
 
 
 class Stage(Protocol):
-    """The stage contract: read the run folder's input, write `run_dir/<stage>/`, return its counts."""
+    """The stage contract: read the run folder's input, write `run_dir/<stage>/`, return its counts. `cfg` is the
+    pipeline's `factory.config.PipelineConfig` (not imported here: the pipeline config imports this registry)."""
 
-    def __call__(self, cfg: PipelineConfig, run_dir: Path, *, new_run: bool = False) -> dict: ...
+    def __call__(self, cfg: Any, run_dir: Path, *, new_run: bool = False) -> dict: ...
 
 
 @dataclass(frozen=True)

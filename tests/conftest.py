@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,10 @@ BENCHMARKS = REPO.parent / "shared" / "data" / "benchmarks"
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray clusters of the tests use token authentication with a token of this session's own (for the nodes, the
+# driver and its subprocesses); set before Ray is imported, which reads it once.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
 
 
 @pytest.fixture(scope="session")

@@ -113,7 +113,9 @@ class VLLMTeacherConfig(Strict):
 class OpenAITeacherConfig(Strict):
     backend: Literal["openai"]
     model: str = Field(description="model name the server serves")
-    base_url: str = Field(description="e.g. http://127.0.0.1:8000/v1")
+    base_url: str | None = Field(None, description="e.g. http://127.0.0.1:8000/v1")
+    base_urls: list[str] = Field(default_factory=list, description="several endpoints serving the same model: "
+                                 "least-loaded routing, failover (instead of base_url)")
     api: Literal["chat", "completions"] = Field(
         "chat", description="chat: send messages (server's template); completions: template locally")
     api_key_env: str = "OPENAI_API_KEY"
@@ -125,6 +127,16 @@ class OpenAITeacherConfig(Strict):
     max_retries: int = Field(6, ge=0)
     backoff_s: float = Field(1.0, gt=0)
     connect_retries: int = Field(5, ge=0, description="tries to reach the server before giving up")
+
+    @model_validator(mode="after")
+    def _one_way_to_name_endpoints(self) -> "OpenAITeacherConfig":
+        if (self.base_url is None) == (not self.base_urls):
+            raise ValueError("give exactly one of base_url (one endpoint) or base_urls (several)")
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        return [self.base_url] if self.base_url else list(self.base_urls)
 
 
 TeacherConfig = Annotated[VLLMTeacherConfig | OpenAITeacherConfig, Field(discriminator="backend")]

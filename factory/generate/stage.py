@@ -79,7 +79,7 @@ def generate_fingerprint(cfg: PipelineConfig) -> dict:
     """Everything that decides the traces (not the shard size or concurrency, which only decide speed)."""
     teacher = dump_config(cfg.teacher)
     for speed_only in ("max_inflight", "concurrency", "timeout_s", "max_retries", "backoff_s", "connect_retries",
-                       "kv_cache_gib", "gpu_memory_utilization", "enforce_eager"):
+                       "kv_cache_gib", "gpu_memory_utilization", "enforce_eager", "base_urls"):
         teacher.pop(speed_only, None)
     return {"teacher": teacher, "sampling": dump_config(cfg.sampling), "template": dump_config(cfg.template)}
 

@@ -1,6 +1,8 @@
 """The Ray executor on a real two-node local cluster: map units as Ray tasks, committed by the driver."""
 from __future__ import annotations
 
+import os
+
 import pyarrow.parquet as pq
 import pytest
 from test_shards import TRACE, drop_odd, make_stage
@@ -13,8 +15,12 @@ from factory.core.ray_executor import RayExecutor
 from factory.core.runner import run_map_stage
 
 pytestmark = pytest.mark.ray
+# A real two-node cluster runs only inside the loopback-only network namespace that test_ray_in_netns.py makes.
+in_netns = pytest.mark.skipif(os.environ.get("FACTORY_LOOPBACK_NETNS") != "1",
+                              reason="runs inside a loopback-only network namespace (tests/core/test_ray_in_netns.py)")
 
 
+@in_netns
 def test_map_stage_on_ray_equals_the_local_executor(tmp_path, ray_cluster):
     make_stage(tmp_path, units=4, k=4)
     common = dict(name="verify", in_dir=tmp_path / "generate", out_schema=TRACE, fn=drop_odd, config={},

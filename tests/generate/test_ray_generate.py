@@ -16,6 +16,9 @@ from factory.core.shards import iter_stage_rows
 from factory.generate.stage import run_generate
 
 pytestmark = [pytest.mark.ray, pytest.mark.engine, pytest.mark.slow]
+# A real two-node cluster runs only inside the loopback-only network namespace that test_ray_in_netns.py makes.
+in_netns = pytest.mark.skipif(os.environ.get("FACTORY_LOOPBACK_NETNS") != "1",
+                              reason="runs inside a loopback-only network namespace (tests/core/test_ray_in_netns.py)")
 
 PROMPTS = 8
 
@@ -33,6 +36,7 @@ def keys(run_dir) -> list[tuple[str, int]]:
     return sorted((r["prompt_id"], r["sample_idx"]) for r in iter_stage_rows(run_dir / "generate", "trace"))
 
 
+@in_netns
 def test_two_replicas_give_the_local_keys_once_even_when_one_is_killed(tmp_path, ray_cluster, engine):
     from factory.generate.teachers.ray_replicas import RayTeacher
 
@@ -65,6 +69,7 @@ def test_two_replicas_give_the_local_keys_once_even_when_one_is_killed(tmp_path,
     assert sorted(e["unit"] for e in lines) == list(range(PROMPTS))  # every unit committed exactly once
 
 
+@in_netns
 def test_a_killed_driver_resumes_from_the_ledger(tmp_path, ray_cluster, repo):
     pipeline = tmp_path / "p.yaml"
     cfg = config(ray_cluster, replicas=1)

@@ -166,3 +166,44 @@ def test_unreachable_server_is_a_clear_error_and_leaves_nothing(tmp_path):
     with pytest.raises(TeacherError, match=r"cannot reach the teacher server at .* after 3 tries"):
         run_generate(config(url, connect_retries=2), tmp_path)
     assert time.time() - started < 10 and not (tmp_path / "generate").exists()
+
+
+def test_an_endpoint_killed_mid_run_fails_over_to_the_others(server, tmp_path):
+    """Two endpoints (the server directly, and through a real forwarder process); the forwarder is killed with
+    SIGKILL after the first commit: its requests in flight go to the other endpoint and the run finishes."""
+    import signal
+    from pathlib import Path
+
+    forward = Path(__file__).resolve().parents[1] / "tcp_forward.py"
+    port = free_port()
+    target = server.split(":")[2].split("/")[0]
+    forwarder = subprocess.Popen([sys.executable, str(forward), str(port), target],
+                                 stdout=subprocess.PIPE, text=True)
+    assert forwarder.stdout.readline().strip() == "listening"
+    cfg = PipelineConfig.model_validate({
+        "prompts": [{"kind": "arithmetic", "n": 12, "seed": 4}], "sampling": {"n": 2, "max_tokens": 48},
+        "generate": {"shard_size": 1},
+        "teacher": {"backend": "openai", "model": "smollm2", "base_urls": [f"http://127.0.0.1:{port}/v1", server],
+                    "backoff_s": 0.05, "concurrency": 4}})
+    ledger = tmp_path / "generate" / "ledger.jsonl"
+
+    def kill_after_first_commit():
+        deadline = time.time() + 120
+        while time.time() < deadline and not (ledger.exists() and ledger.read_text().strip()):
+            time.sleep(0.05)
+        forwarder.send_signal(signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_after_first_commit, daemon=True)
+    killer.start()
+    try:
+        counts = run_generate(cfg, tmp_path)
+    finally:
+        killer.join()
+        forwarder.kill()
+        forwarder.wait()
+    rows = list(iter_stage_rows(tmp_path / "generate", "trace"))
+    assert len(rows) == counts["records_out"] == 24 and all(r["error"] is None for r in rows)
+    assert len({(r["prompt_id"], r["sample_idx"]) for r in rows}) == 24
+    stats = counts["extra"]["teacher"]
+    assert stats["endpoints"] == 2 and stats["endpoint_errors"] == {f"http://127.0.0.1:{port}/v1": stats["failovers"]}
+    assert stats["failovers"] >= 1

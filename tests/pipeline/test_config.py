@@ -34,7 +34,8 @@ def test_the_shipped_demo_pipeline_validates(repo):
     ("teacher:\n  modle: x\n", "teacher.modle: Extra inputs are not permitted"),
     ("sampling:\n  n: many\n", "sampling.n: Input should be a valid integer"),
     ("sampling:\n  top_p: 2\n", "sampling.top_p: Input should be less than or equal to 1"),
-    ("teacher:\n  backend: openai\n  model: m\n", "teacher.base_url: Field required"),
+    ("teacher:\n  backend: openai\n  model: m\n", "teacher: Value error, give exactly one of base_url (one endpoint) "
+                                                  "or base_urls (several)"),
     ("bogus: 1\n", "bogus: Extra inputs are not permitted"),
 ])
 def test_errors_name_the_file_and_key(tmp_path, extra, message):

@@ -20,6 +20,7 @@ import httpx
 
 from factory.generate.config import OpenAITeacherConfig, SamplingConfig
 from factory.generate.teachers.base import GenRequest, GenResult, GenSample, TeacherError
+from factory.generate.teachers.endpoints import Endpoints
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 _DONE = object()
@@ -33,7 +34,7 @@ class OpenAITeacher:
     def __init__(self, cfg: OpenAITeacherConfig):
         self.cfg = cfg
         self.model_id = cfg.model
-        self.base_url = cfg.base_url.rstrip("/")
+        self.endpoints = Endpoints(cfg.urls, cooldown_s=cfg.backoff_s)
         key = os.environ.get(cfg.api_key_env)
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._tokenizer = None
@@ -48,22 +49,34 @@ class OpenAITeacher:
     def tokenizer(self):
         return self._tokenizer
 
+    @property
+    def stats(self) -> dict:
+        return self.endpoints.stats() if len(self.endpoints.table) > 1 else {}
+
     def _check_reachable(self) -> None:
+        """Wait (with backoff) until at least one endpoint answers; the others start benched and are tried again
+        after their cooldown."""
         delay = self.cfg.backoff_s
-        last = ""
+        last: dict[str, str] = {}
         for attempt in range(self.cfg.connect_retries + 1):
-            try:
-                r = httpx.get(f"{self.base_url}/models", headers=self.headers, timeout=10)
-                if r.status_code < 500:
-                    return
-                last = f"HTTP {r.status_code}"
-            except httpx.HTTPError as exc:
-                last = f"{type(exc).__name__}: {exc}"
+            for ep in self.endpoints.table:
+                try:
+                    r = httpx.get(f"{ep.url}/models", headers=self.headers, timeout=10)
+                    if r.status_code < 500:
+                        self.endpoints.succeeded(ep)
+                        continue
+                    last[ep.url] = f"HTTP {r.status_code}"
+                except httpx.HTTPError as exc:
+                    last[ep.url] = f"{type(exc).__name__}: {exc}"
+                self.endpoints.failed(ep)
+            if len(last) < len(self.endpoints.table) or not last:
+                return
             if attempt < self.cfg.connect_retries:
                 time.sleep(delay)
                 delay = min(delay * 2, 30)
-        raise TeacherError(f"cannot reach the teacher server at {self.base_url} after "
-                           f"{self.cfg.connect_retries + 1} tries ({last})")
+                last = {}
+        where = "; ".join(f"{url} ({why})" for url, why in last.items())
+        raise TeacherError(f"cannot reach the teacher server at {where} after {self.cfg.connect_retries + 1} tries")
 
     # -- one request ----------------------------------------------------------------------------------------
     def _payload(self, req: GenRequest, sampling: SamplingConfig, n: int) -> tuple[str, dict]:
@@ -78,22 +91,38 @@ class OpenAITeacher:
         return "/chat/completions", {**body, "messages": messages}
 
     async def _post(self, client: httpx.AsyncClient, path: str, body: dict) -> dict:
-        delay = self.cfg.backoff_s
+        """POST to the least-loaded healthy endpoint; a failed try is benched and retried on another one at once
+        (a failover), or after backoff when it is the only endpoint up."""
+        delay, previous = self.cfg.backoff_s, None
         for attempt in range(self.cfg.max_retries + 1):
+            ep, wait_s = self.endpoints.pick(exclude=previous)
+            if wait_s:
+                await asyncio.sleep(wait_s)
+            ep.inflight += 1
             try:
-                r = await client.post(f"{self.base_url}{path}", json=body, headers=self.headers)
+                r = await client.post(f"{ep.url}{path}", json=body, headers=self.headers)
                 if r.status_code == 200:
+                    self.endpoints.succeeded(ep)
                     return r.json()
                 if r.status_code not in RETRY_STATUS:
                     raise _Fatal(f"HTTP {r.status_code}: {r.text[:300]}")
-                reason = f"HTTP {r.status_code}"
+                reason = f"HTTP {r.status_code} from {ep.url}"
                 retry_after = r.headers.get("retry-after")
                 if retry_after and retry_after.replace(".", "", 1).isdigit():
                     delay = max(delay, float(retry_after))
+                elif r.status_code >= 500:
+                    self.endpoints.failed(ep)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
-                reason = f"{type(exc).__name__}: {exc}"
+                reason = f"{type(exc).__name__} from {ep.url}: {exc}"
+                self.endpoints.failed(ep)
+            finally:
+                ep.inflight -= 1
             if attempt == self.cfg.max_retries:
                 raise RuntimeError(f"gave up after {attempt + 1} tries: {reason}")
+            previous = ep
+            if self.endpoints.has_other_healthy(ep):
+                self.endpoints.failovers += 1
+                continue
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 60)
         raise AssertionError("unreachable")

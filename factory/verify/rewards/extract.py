@@ -51,29 +51,31 @@ def _boxed_at(text: str, start: int, cmd: str) -> tuple[str, int] | None:
     return None
 
 
+def _boxes_backwards(text: str, joins) -> list[tuple[int, int, str]]:
+    """(start, end, content) of the last box and of the boxes before it that `joins(gap)` accepts, right to left."""
+    found: list[tuple[int, int, str]] = []
+    end = len(text)
+    while True:
+        start, cmd = max((text.rfind(c, 0, end), c) for c in BOX_COMMANDS)
+        if start < 0:
+            return found
+        parsed = _boxed_at(text, start, cmd)
+        if parsed is not None:
+            content, stop = parsed
+            if found and not joins(text[stop:found[-1][0]]):
+                return found
+            found.append((start, stop, content))
+        end = start
+
+
 def last_boxed(text: str, join_adjacent: bool = True) -> str | None:
     """Content of the last `\\boxed{}` / `\\fbox{}` in `text`.
 
     With `join_adjacent`, boxes separated only by commas/"and"/`$` are joined with ", " (a model that writes
     `\\boxed{1}, \\boxed{-2}` for "1, -2"), scanning backwards from the last one.
     """
-    found: list[tuple[int, int, str]] = []  # (start, end, content), right to left
-    end = len(text)
-    while True:
-        start, cmd = max((text.rfind(c, 0, end), c) for c in BOX_COMMANDS)
-        if start < 0:
-            break
-        parsed = _boxed_at(text, start, cmd)
-        if parsed is not None:
-            content, stop = parsed
-            if found and not (join_adjacent and _JOINER.match(text[stop:found[-1][0]])):
-                break
-            found.append((start, stop, content))
-            if not join_adjacent:
-                break
-        end = start
-        if not join_adjacent and found:
-            break
+    joins = (lambda gap: bool(_JOINER.match(gap))) if join_adjacent else (lambda gap: False)
+    found = _boxes_backwards(text, joins)
     if not found:
         return None
     return ", ".join(c.strip() for _, _, c in reversed(found))
@@ -104,21 +106,7 @@ def _joins(gap: str) -> bool:
 def final_boxes(text: str) -> tuple[str, int, int] | None:
     """(content, start, end) of the boxes of the final statement: the last `\\boxed{}` / `\\fbox{}` and those before
     it in the same sentence, separated only by words, spacing or punctuation (see `_GAP`), joined with ", "."""
-    found: list[tuple[int, int, str]] = []  # (start, end, content), right to left
-    end = len(text)
-    while True:
-        start, cmd = max((text.rfind(c, 0, end), c) for c in BOX_COMMANDS)
-        if start < 0:
-            break
-        parsed = _boxed_at(text, start, cmd)
-        if parsed is not None:
-            content, stop = parsed
-            if found:
-                gap = text[stop:found[-1][0]]
-                if not _joins(gap):
-                    break
-            found.append((start, stop, content))
-        end = start
+    found = _boxes_backwards(text, _joins)
     if not found:
         return None
     contents = [c.strip() for _, _, c in reversed(found) if c.strip()] or [""]
