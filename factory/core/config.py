@@ -127,3 +127,5 @@ class ExecutorConfig(Strict):
     connect_timeout_s: float = Field(15.0, gt=0)
     shared_filesystem: bool = Field(False, description="tasks read input parts themselves (else the driver ships "
                                                        "them); results always come back to the driver")
+    worker_logs: bool = Field(False, description="print the workers' own logs (engine start-up, warnings) on the "
+                                                 "driver; errors reach the driver either way")

@@ -54,7 +54,7 @@ def connect(cfg: ExecutorConfig):
     env = {k: v for k, v in os.environ.items() if k.startswith(("VLLM_", "FACTORY_", "HF_", "TOKENIZERS_"))}
     env.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     try:
-        ray.init(address=address, logging_level="WARNING", configure_logging=True, log_to_driver=True,
+        ray.init(address=address, logging_level="WARNING", configure_logging=True, log_to_driver=cfg.worker_logs,
                  include_dashboard=False if address in (None, "local") else None, runtime_env={"env_vars": env})
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ExecutorError(f"executor.address {cfg.address}: could not join the Ray cluster: {exc}") from None
