@@ -1,6 +1,7 @@
 """Export of the trained student: DIR/sft/model (full weights, LoRA merged) and DIR/sft/adapter (LoRA)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -35,8 +36,22 @@ def export_student(cfg: SFTConfig, accelerator, model, out: Path, tokenizer, eos
             _save_model(causal_lm_of(unwrapped), full_sd, model_dir, dtype, eos_token_ids)
         if model_dir.exists():
             _save_tokenizer(tokenizer, model_dir)
+        for folder in (model_dir, adapter_dir):
+            _normal_file_modes(folder)
     accelerator.wait_for_everyone()
     return (model_dir if model_dir.exists() else None), adapter_dir
+
+
+def _normal_file_modes(folder: Path | None) -> None:
+    """safetensors writes its files 0600; give every exported file the mode the process's umask gives new files
+    (0644 usually), so the model folder can be served or published by another user."""
+    if folder is None or not folder.exists():
+        return
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def _peft_on_cpu(unwrapped, full_sd):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -51,6 +52,10 @@ def test_full_sft_loss_falls_and_writes_the_stage_folder(students, tmp_path):
     assert tok.convert_tokens_to_ids("<|im_end|>") in (eos if isinstance(eos, list) else [eos])
     assert tok.pad_token_id not in (eos if isinstance(eos, list) else [eos])
     assert json.loads((sft / "model" / "config.json").read_text()).get("attn_implementation") is None
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in (sft / "model").iterdir()} == {
+        p.name: 0o666 & ~umask for p in (sft / "model").iterdir()}  # safetensors alone would write 0600
 
 
 def _lora_cfg(student, **extra):
