@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import psutil
 import pytest
 
 from factory.config import PipelineConfig
@@ -30,6 +31,16 @@ def config(address: str, replicas: int = 2, **over) -> PipelineConfig:
             "executor": {"kind": "ray", "address": address, "replicas": replicas, "max_retries": 2}}
     tree.update(over)
     return PipelineConfig.model_validate(tree)
+
+
+def _alive_after(proc, seconds: float) -> bool:
+    try:
+        proc.wait(timeout=seconds)
+        return False
+    except psutil.TimeoutExpired:
+        return True
+    except psutil.NoSuchProcess:
+        return False
 
 
 def keys(run_dir) -> list[tuple[str, int]]:
@@ -59,8 +70,11 @@ def test_two_replicas_give_the_local_keys_once_even_when_one_is_killed(tmp_path,
         killer.start()
         counts = run_generate(cfg, tmp_path / "ray", teacher=teacher)
         killer.join()
+        engines = [c for info in teacher.infos if info["pid"] != victim
+                   for c in psutil.Process(info["pid"]).children(recursive=True)]
     finally:
         teacher.close()
+    assert engines and not [e for e in engines if _alive_after(e, 30)]  # no engine process left orphaned
     assert keys(tmp_path / "ray") == keys(tmp_path / "local") and len(keys(tmp_path / "ray")) == PROMPTS * 2
     assert counts["records_out"] == local["records_out"] == PROMPTS * 2
     stats = counts["extra"]["teacher"]

@@ -47,6 +47,10 @@ class ReplicaWorker:
         for req in requests:
             self.inbox.put((req, sampling))
 
+    def shutdown(self) -> None:
+        """Stop the engine (and its engine-core process) before the actor is killed, so none is left orphaned."""
+        self.teacher.close()
+
     def collect(self, wait_s: float = 1.0) -> list[GenResult]:
         """Finished results (waiting up to `wait_s` for the first one)."""
         if self.error is not None:
@@ -134,7 +138,13 @@ class RayTeacher:
                                f"executor.max_retries={self.executor.max_retries} spent)")
 
     def close(self) -> None:
-        for actor in getattr(self, "replicas", []):
+        """Shut every replica's engine down (bounded wait), then end the actors."""
+        actors = getattr(self, "replicas", [])
+        try:
+            self.ray.get([a.shutdown.remote() for a in actors], timeout=60)
+        except Exception:  # a replica already dead or stuck: killing it below is all that is left
+            pass
+        for actor in actors:
             try:
                 self.ray.kill(actor)
             except Exception:
