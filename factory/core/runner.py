@@ -6,7 +6,6 @@ exactly-once ledger does not depend on where a unit ran.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -14,6 +13,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from factory.core.executor import Executor, LocalExecutor, WorkUnit
+from factory.core.identity import upstream_identity
+from factory.core.lock import stage_lock
 from factory.core.progress import stage_progress
 from factory.core.schema import Schema
 from factory.core.shards import ShardResult, StageDir, fingerprint, list_parts, read_part, require_complete
@@ -27,23 +28,32 @@ def apply_to_part(fn: Callable[[list[dict]], ShardResult], in_part: str | pa.Tab
     return fn(table.to_pylist())
 
 
-def run_map_stage(*, name: str, in_dir: Path, out_dir: Path, out_schema: Schema, fn: Callable[[list[dict]], ShardResult],
-                  config: dict, in_schema: str | None = None, rejected_schema: Schema | None = None,
-                  workers: int = 1, new_run: bool = False, extra: dict | None = None,
-                  executor: Executor | None = None) -> dict:
+def run_map_stage(*, name: str, in_dir: Path, out_dir: Path, out_schema: Schema,
+                  fn: Callable[[list[dict]], ShardResult], config: dict, in_schema: str | None = None,
+                  rejected_schema: Schema | None = None, workers: int = 1, new_run: bool = False,
+                  extra: dict | None = None, executor: Executor | None = None, prefix: str = "") -> dict:
     """Apply `fn` to every input part (unit i = input part i), committing each unit atomically as it finishes.
 
-    `executor` defaults to a `LocalExecutor(workers)`; `fn` must be picklable (a module-level function or a
-    functools.partial of one) for any executor that runs units outside this process.
+    The input stage must have finished; its identity (manifest fingerprint and part checksums) is part of the
+    output's fingerprint, so a re-run input is refused downstream, naming it. `prefix` is the config block of
+    `config`'s keys (e.g. "verify.") for that message. `executor` defaults to a `LocalExecutor(workers)`; `fn`
+    must be picklable (a module-level function or a functools.partial of one) for any executor that runs units
+    outside this process.
     """
     in_dir, out_dir = Path(in_dir), Path(out_dir)
-    require_complete(in_dir)
+    require_complete(in_dir, reader=name)
+    with stage_lock(out_dir):
+        return _run_map_stage(name, in_dir, out_dir, out_schema, fn, config, in_schema, rejected_schema, workers,
+                              new_run, extra, executor, prefix)
+
+
+def _run_map_stage(name, in_dir, out_dir, out_schema, fn, config, in_schema, rejected_schema, workers, new_run,
+                   extra, executor, prefix) -> dict:
     parts = list_parts(in_dir)
-    in_manifest = json.loads((in_dir / "manifest.json").read_text()) if (in_dir / "manifest.json").exists() else {}
-    plan = {"input": str(in_dir.name), "input_fingerprint": in_manifest.get("fingerprint"),
-            "input_parts": [p.name for p in parts]}
+    plan = {"input": in_dir.name, "units": len(parts)}
+    inputs = {in_dir.name: upstream_identity(in_dir)}
     stage = StageDir(out_dir, name, out_schema, rejected_schema)
-    stage.prepare(fingerprint({"config": config, "plan": plan}), config, plan, new_run)
+    stage.prepare(fingerprint({"config": config, "plan": plan}), config, plan, new_run, inputs=inputs, prefix=prefix)
     done = stage.ledger()
     units = {int(p.stem.split("-")[1]): p for p in parts}
     executor = executor or LocalExecutor(workers)

@@ -6,19 +6,19 @@ A stage's output folder holds:
 - `rejected/part-NNNNN.parquet`: the records unit N dropped, with their reasons (renamed before the part);
 - `ledger.jsonl`: one line per committed unit with its (prompt_id, sample_idx) keys and drop counts; a unit whose
   part exists but whose ledger line was lost in a crash is re-entered from the part itself on the next start;
-- `manifest.json`: the stage, its schema, the fingerprint of everything that decides the output, and the plan;
-  a rerun whose fingerprint differs is refused (`StageConfigChanged`) unless told to start a new run;
-- `counts.json`: records in/out and drops by reason, written when every unit is committed.
+- `manifest.json`: the stage, its schema, the fingerprint of everything that decides the output (the config, the
+  plan and the identity of the input stage), written just before the first unit is committed; a rerun whose
+  fingerprint differs is refused (`StageConfigChanged`, naming what changed) unless told to start a new run;
+- `counts.json`: records in/out and drops by reason, written when every unit is committed;
+- `.lock`: the writer's lock (`factory.core.lock`): one process writes a stage folder at a time.
 
 Work units are planned deterministically from the input, so a rerun after `kill -9` at any moment skips the
 committed units and redoes the rest: no record lost, none doubled.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,13 +29,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from factory.core import lock
+from factory.core.identity import (
+    StageConfigChanged,
+    UpstreamNotReady,
+    changed_error,
+    file_sha256,
+    fingerprint,
+    require_finished,
+)
 from factory.core.schema import Schema, SchemaError, check_shard_schema
 
 PART = "part-{:05d}.parquet"
-
-
-class StageConfigChanged(RuntimeError):
-    """The stage folder was written with a different configuration or input."""
 
 
 @dataclass
@@ -46,11 +51,6 @@ class ShardResult:
     rejected: list[dict] = field(default_factory=list)
     dropped: dict[str, int] = field(default_factory=dict)
     stats: dict[str, float] = field(default_factory=dict)
-
-
-def fingerprint(obj: Any) -> str:
-    """Stable hash of a JSON-able object (config, input description)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -104,31 +104,79 @@ class StageDir:
         self.ledger_path = self.path / "ledger.jsonl"
         self.manifest_path = self.path / "manifest.json"
         self.counts_path = self.path / "counts.json"
+        self._pending_manifest: dict | None = None  # a fresh folder's manifest, written at its first commit
+        self._own_lock = False  # whether `prepare` took the writer lock (else a `stage_lock` around us holds it)
 
     # -- set-up ---------------------------------------------------------------------------------------------
-    def prepare(self, fp: str, config: dict, plan: dict, new_run: bool = False) -> None:
-        """Create the folder, or check an existing one was made by the same configuration and input."""
-        if new_run and self.path.exists():
-            shutil.rmtree(self.path)
+    def prepare(self, fp: str, config: dict, plan: dict, new_run: bool = False, *, inputs: dict | None = None,
+                prefix: str = "") -> None:
+        """Take the folder's writer lock, then create the folder or check an existing one was made by the same
+        configuration, plan and input (`inputs`: name -> identity of each input stage). `prefix` is the config
+        block the keys of `config` live in (e.g. "verify."), for the message naming what changed. The manifest
+        is written only when the first unit commits: a start that fails before leaves none behind."""
+        if not lock.is_held(self.path):
+            lock.acquire(self.path)
+            self._own_lock = True
+        try:
+            self._check(fp, config, plan, new_run, inputs, prefix)
+        except BaseException:
+            self.release()
+            raise
+
+    def _check(self, fp: str, config: dict, plan: dict, new_run: bool, inputs: dict | None, prefix: str) -> None:
+        if new_run:
+            lock.clear_folder(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
-        for tmp in list(self.path.glob(".*.tmp-*")) + list(self.path.glob("rejected/.*.tmp-*")):
-            tmp.unlink(missing_ok=True)
+        self._remove_dead_tmp()
+        self._repair_ledger()
+        if inputs is not None:
+            fp = fingerprint({"fingerprint": fp, "inputs": inputs})
+        manifest = {"stage": self.stage, "schema": self.schema.name, "schema_version": self.schema.version,
+                    "fingerprint": fp, "config": config, "plan": plan}
+        if inputs is not None:
+            manifest["inputs"] = inputs
         if self.manifest_path.exists():
             old = json.loads(self.manifest_path.read_text())
-            if old.get("fingerprint") != fp:
-                changed = _diff_keys(old.get("config", {}), config)
-                if old.get("plan") != plan:
-                    changed.append("input/plan")
-                raise StageConfigChanged(
-                    f"{self.path} was written by a different configuration or input (changed: "
-                    f"{', '.join(changed) or 'fingerprint'}). Rerun with --new-run to start this stage afresh, "
-                    f"or choose another --out folder.")
-            return
-        write_json_atomic(self.manifest_path, {
-            "stage": self.stage, "schema": self.schema.name, "schema_version": self.schema.version,
-            "fingerprint": fp, "config": config, "plan": plan, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
+            if old.get("fingerprint") == fp:
+                return
+            if lock.has_shards(self.path):
+                raise changed_error(self.path, old, config, plan, inputs, prefix)
+            self.manifest_path.unlink()  # nothing was committed under it: nothing to keep
+        self._pending_manifest = manifest
         self.counts_path.unlink(missing_ok=True)
+
+    def _write_manifest(self) -> None:
+        """The pending manifest of a fresh folder, written just before its first commit."""
+        manifest = self._pending_manifest
+        if manifest is not None:
+            write_json_atomic(self.manifest_path, {**manifest, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            self._pending_manifest = None
+
+    def release(self) -> None:
+        """Give back the writer lock `prepare` took (a stage run under `lock.stage_lock` keeps that one)."""
+        if self._own_lock:
+            lock.release(self.path)
+            self._own_lock = False
+
+    def _remove_dead_tmp(self) -> None:
+        """Temp files of writers that are gone (the suffix is the writer's pid); a live writer's stay."""
+        for tmp in list(self.path.glob(".*.tmp-*")) + list(self.path.glob("rejected/.*.tmp-*")):
+            pid = tmp.name.rsplit(".tmp-", 1)[1].split("-")[0]
+            if pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid)):
+                continue
+            tmp.unlink(missing_ok=True)
+
+    def _repair_ledger(self) -> None:
+        """Cut a last line torn by a crash (its part, if renamed, is recovered from the part itself), so that the
+        next append starts on a line of its own."""
+        if not self.ledger_path.exists():
+            return
+        data = self.ledger_path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.ledger_path, "r+b") as fh:
+                fh.truncate(data.rfind(b"\n") + 1)
+                fh.flush()
+                os.fsync(fh.fileno())
 
     # -- ledger ---------------------------------------------------------------------------------------------
     def ledger(self) -> dict[int, dict]:
@@ -156,7 +204,8 @@ class StageDir:
         meta = pq.read_schema(part).metadata or {}
         dropped = json.loads(meta.get(b"factory.dropped", b"{}"))
         return {"unit": unit, "part": part.name, "rows": table.num_rows, "rejected": rejected,
-                "dropped": dropped, "keys": _keys(table.to_pylist(), self.key_columns), "recovered": True}
+                "dropped": dropped, "keys": _keys(table.to_pylist(), self.key_columns), "sha256": file_sha256(part),
+                "recovered": True}
 
     def _append_ledger(self, entry: dict) -> None:
         with open(self.ledger_path, "a") as fh:
@@ -180,6 +229,9 @@ class StageDir:
         return part_tmp, rej_tmp
 
     def commit(self, unit: int, part_tmp: Path, rej_tmp: Path | None, entry: dict) -> None:
+        """Rename a unit's temp files into place and ledger it (with its part's checksum)."""
+        self._write_manifest()
+        entry.setdefault("sha256", file_sha256(part_tmp))
         if rej_tmp is not None:
             os.replace(rej_tmp, self.path / "rejected" / PART.format(unit))
         os.replace(part_tmp, self.path / PART.format(unit))
@@ -206,20 +258,13 @@ class StageDir:
                   "records_out": sum(e["rows"] for e in entries.values()),
                   "rejected": sum(e.get("rejected", 0) for e in entries.values()),
                   "dropped": dict(sorted(dropped.items())), "units": len(entries), "extra": extra or {}}
+        self._write_manifest()
         write_json_atomic(self.counts_path, counts)
+        self.release()
         return counts
 
     def is_complete(self) -> bool:
         return self.counts_path.exists()
-
-
-def _diff_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        out = []
-        for k in sorted(set(old) | set(new)):
-            out += _diff_keys(old.get(k), new.get(k), f"{prefix}{k}.")
-        return out
-    return [] if old == new else [prefix.rstrip(".")]
 
 
 def _keys(rows: Iterable[dict], columns: Sequence[str] = ("prompt_id", "sample_idx")) -> list[list]:
@@ -245,9 +290,19 @@ def read_part(path: Path, expected_schema: str | None = None, columns: Sequence[
     return pq.read_table(path, columns=list(columns) if columns else None)
 
 
-def require_complete(stage_path: Path) -> None:
-    if not (Path(stage_path) / "counts.json").exists():
-        raise RuntimeError(f"{stage_path}: the stage has not finished (no counts.json); rerun it to complete it")
+def require_complete(stage_path: Path, reader: str | None = None) -> None:
+    """An input stage must have finished (`UpstreamNotReady` says whether it never ran or stopped part-way)."""
+    require_finished(stage_path, reader)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def iter_stage_rows(stage_path: Path, expected_schema: str | None = None,
@@ -257,5 +312,6 @@ def iter_stage_rows(stage_path: Path, expected_schema: str | None = None,
         yield from read_part(part, expected_schema, columns).to_pylist()
 
 
-__all__ = ["ShardResult", "StageDir", "StageConfigChanged", "SchemaError", "fingerprint", "iter_stage_rows",
-           "list_parts", "read_part", "require_complete", "write_json_atomic", "write_table_atomic"]
+__all__ = ["ShardResult", "StageDir", "StageConfigChanged", "SchemaError", "UpstreamNotReady", "fingerprint",
+           "iter_stage_rows", "list_parts", "read_part", "require_complete", "write_json_atomic",
+           "write_table_atomic"]

@@ -1,6 +1,6 @@
-"""`factory curate`: verified traces (`DIR/verify/`, or `DIR/generate/` when verification is off) → training-ready
-samples in `DIR/curate/`, every dropped sample in `DIR/curate/rejected/` with its filter and reason, and
-`DIR/curate/funnel.json`.
+"""`factory curate`: verified traces (`DIR/verify/`, or `DIR/generate/` when verification is off; never the one
+in place of the other) → training-ready samples in `DIR/curate/`, every dropped sample in `DIR/curate/rejected/`
+with its filter and reason, and `DIR/curate/funnel.json`.
 
 Pass 1 (the shard runner, `workers` processes): the per-record filters and decontam over each input shard into
 the internal stage folder `DIR/curate/_filter/` (survivors with dedupe keys; its own ledger, so it resumes).
@@ -21,6 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from factory.core.executor import Executor
+from factory.core.identity import require_finished, upstream_identity
+from factory.core.lock import clear_folder, has_shards, stage_lock
 from factory.core.progress import console, stage_progress
 from factory.core.ray_executor import make_executor
 from factory.core.runner import run_map_stage
@@ -45,7 +47,6 @@ from factory.curate.filter_pass import (
     curate_shard,
     dedupe_decisions,
     dedupe_rejected,
-    resolve_input,
 )
 from factory.curate.filters.dedupe import Deduper
 
@@ -62,11 +63,28 @@ def run_curate(config, out_dir: Path | str, *, new_run: bool = False, workers: i
     config = config if isinstance(config, CurateConfig) else pipeline_curate_config(config)
     out_dir = Path(out_dir)
     executor = make_executor(getattr(pipeline, "executor", None), workers or config.workers)
-    counts = curate_stage(resolve_input(out_dir), out_dir / STAGE, config, new_run=new_run, executor=executor)
+    counts = curate_stage(declared_input(out_dir, getattr(pipeline, "stages", None)), out_dir / STAGE, config,
+                          new_run=new_run, executor=executor)
     console.print(f"[bold]curate[/]: {counts['records_in']} samples → {counts['records_out']} kept "
                   f"({counts['records_in'] - counts['records_out']} in {out_dir / STAGE / 'rejected'}), "
                   f"funnel in {out_dir / STAGE / 'funnel.json'}")
     return counts
+
+
+def declared_input(run_dir: Path, stages: list[str] | None = None) -> Path:
+    """Curate's one input: DIR/verify when the run verifies (the pipeline lists verify, or DIR/verify exists),
+    else DIR/generate (verification off). It must have finished: an unfinished verify is an error, never a fallback
+    to unverified traces."""
+    run_dir = Path(run_dir)
+    verify, generate = run_dir / "verify", run_dir / "generate"
+    verifies = verify.exists() or (stages is not None and "verify" in stages) or not generate.exists()
+    chosen = verify if verifies else generate
+    require_finished(chosen, reader=STAGE)
+    return chosen
+
+
+def _committed(out_dir: Path) -> bool:
+    return has_shards(out_dir) or has_shards(out_dir / FILTER_DIR)
 
 
 def curate_stage(in_dir: Path, out_dir: Path, config: CurateConfig, *, workers: int | None = None,
@@ -81,11 +99,19 @@ def curate_stage(in_dir: Path, out_dir: Path, config: CurateConfig, *, workers: 
     records_in = sum(pq.read_metadata(p).num_rows for p in parts)
     if records_in == 0:
         raise CurateError(f"{in_dir}: the input shards hold no records (empty input)")
-    if new_run and out_dir.exists():
-        shutil.rmtree(out_dir)
+    require_finished(in_dir, reader=STAGE)
+    with stage_lock(out_dir, committed=_committed):  # one writer; a failed start leaves no folder behind
+        return _curate(in_dir, out_dir, parts, records_in, config, workers, new_run, executor)
+
+
+def _curate(in_dir: Path, out_dir: Path, parts: list[Path], records_in: int, config: CurateConfig,
+            workers: int | None, new_run: bool, executor: Executor | None) -> dict:
+    if new_run:
+        clear_folder(out_dir)
     stage = StageDir(out_dir, STAGE, load_schema("curated"), load_schema("rejected"))
-    plan = {"input": in_dir.name, "input_parts": [p.name for p in parts], "records_in": records_in}
-    stage.prepare(fingerprint({"config": config.decisive(), "plan": plan}), config.decisive(), plan)
+    plan = {"input": in_dir.name, "records_in": records_in}
+    stage.prepare(fingerprint({"config": config.decisive(), "plan": plan}), config.decisive(), plan,
+                  inputs={in_dir.name: upstream_identity(in_dir)}, prefix="curate.")
     filter_dir = out_dir / FILTER_DIR
     if stage.is_complete():
         if not config.keep_work and filter_dir.exists():  # stopped between finishing and tidying up

@@ -1,7 +1,8 @@
 """Stage `sft`: curated conversations (DIR/curate, or any Parquet/JSONL with a `messages` column) -> DIR/sft.
 
 DIR/sft holds: tokenized/ (cache of the tokenized samples), checkpoints/step-N/, model/ (full or merged weights
-+ tokenizer), adapter/ (LoRA), train_log.jsonl, counts.json, sft_config.yaml.
++ tokenizer), adapter/ (LoRA), train_log.jsonl, counts.json, sft_config.yaml (written with counts.json), and
+manifest.json (what decides the output: factory.train.manifest), checked before anything is trained.
 
 Multi-GPU: `accelerate launch --config_file pipelines/accelerate/fsdp2_2gpu.yaml -m factory.train.stage
 --config pipelines/recipes/qwen2.5-math-7b.yaml --out DIR`.
@@ -18,6 +19,7 @@ import yaml
 from factory.core.shards import write_table_atomic, write_text_atomic
 from factory.train.config import SFTConfig, load_sft_config
 from factory.train.data import ChatFormatter, TokenizedSample, read_conversations
+from factory.train.manifest import MANIFEST, check, committed, counts_from_log, sft_inputs
 
 _CACHE_VERSION = 1
 
@@ -113,7 +115,6 @@ def run_sft(config: SFTConfig | dict | str | Path, out_dir: str | Path, *, model
     sft_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(cfg.student, trust_remote_code=cfg.trust_remote_code)
     formatter, samples, dropped, records_in = tokenize_dataset(cfg, run_dir, tokenizer)
-    (sft_dir / "sft_config.yaml").write_text(yaml.safe_dump({"sft": cfg.model_dump()}, sort_keys=False))
     result = train(cfg, samples, sft_dir, tokenizer=tokenizer, eos_token_ids=formatter.eos_token_ids(),
                    pad_id=tokenizer.pad_token_id, model_config=model_config, stop_after_steps=stop_after_steps)
     counts = {"stage": "sft", "records_in": records_in, "records_out": len(samples),
@@ -124,17 +125,19 @@ def run_sft(config: SFTConfig | dict | str | Path, out_dir: str | Path, *, model
                         "resumed_from_step": result.resumed_from, "mode": cfg.mode, "student": cfg.student,
                         "model_dir": str(result.model_dir) if result.model_dir else None,
                         "adapter_dir": str(result.adapter_dir) if result.adapter_dir else None}}
-    if _state().is_main_process:
+    if result.resumed_from >= result.steps:  # resumed into the export: no step ran here, the log has the figures
+        counts["extra"].update(counts_from_log(result.log_path))
+    if _state().is_main_process:  # the configuration is recorded with the work it describes, not before
+        write_text_atomic(sft_dir / "sft_config.yaml", yaml.safe_dump({"sft": cfg.model_dump()}, sort_keys=False))
         write_text_atomic(sft_dir / "counts.json", json.dumps(counts, indent=1))
     return counts
 
 
 def run_sft_stage(cfg, out_dir: str | Path, *, new_run: bool = False) -> dict:
     """The stage contract: the pipeline's `sft:` block on DIR/curate (`student: embedded` is the embedded SmolLM2).
-    A run finished after its input was written, with the same configuration, is not trained again; a stopped one
-    resumes from its last checkpoint."""
-    import shutil
-
+    A finished run of the same configuration and input is not trained again; a stopped one resumes from its last
+    checkpoint; a changed configuration or input is refused, naming what changed, unless `new_run`."""
+    from factory.core.lock import clear_folder, stage_lock
     from factory.core.progress import console
 
     if cfg.sft is None:
@@ -145,16 +148,26 @@ def run_sft_stage(cfg, out_dir: str | Path, *, new_run: bool = False) -> dict:
 
         sft = sft.model_copy(update={"student": str(embedded_model_dir())})
     sft_dir = Path(out_dir) / "sft"
-    if new_run:
-        shutil.rmtree(sft_dir, ignore_errors=True)
-    done = sft_dir / "counts.json"
-    source = Path(sft.data) if sft.data else Path(out_dir) / "curate" / "counts.json"
-    fresh = done.exists() and source.exists() and done.stat().st_mtime_ns > source.stat().st_mtime_ns
-    if fresh and (sft_dir / "sft_config.yaml").exists():
-        if yaml.safe_load((sft_dir / "sft_config.yaml").read_text()) == {"sft": sft.model_dump()}:
+    inputs = sft_inputs(sft, Path(out_dir))  # before the lock: a missing input leaves no folder behind
+    with stage_lock(sft_dir, committed=committed):
+        if new_run:
+            clear_folder(sft_dir)
+        state, manifest = check(sft_dir, sft, inputs)
+        if state == "done":
             console.print(f"sft: already trained in {sft_dir}")
-            return json.loads(done.read_text())
-    return run_sft(sft, out_dir)
+            return json.loads((sft_dir / "counts.json").read_text())
+        manifest_path = sft_dir / MANIFEST
+        before = manifest_path.read_bytes() if manifest_path.exists() else None
+        write_text_atomic(manifest_path, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        try:
+            return run_sft(sft, out_dir)
+        except BaseException:
+            if not committed(sft_dir):  # nothing trained: the folder is left as it was found
+                if before is None:
+                    manifest_path.unlink(missing_ok=True)
+                else:
+                    manifest_path.write_bytes(before)
+            raise
 
 
 def main(argv: list[str] | None = None) -> None:

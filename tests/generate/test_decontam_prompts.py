@@ -102,7 +102,8 @@ def test_curate_drops_contaminated_samples_and_reports_before_and_after_selectio
 
 def test_the_demo_is_decontaminated_against_its_held_out_split(tmp_path, repo, embedded_dir):
     cfg = load_pipeline(repo / "pipelines" / "demo.yaml", ["prompts.0.n=8", "generate.shard_size=4",
-                                                           "curate.language.enabled=false"])
+                                                           "curate.language.enabled=false",
+                                                           "stages=[generate,curate]"])  # curate reads generate/
     specs = pipeline_decontam(cfg).benchmarks
     assert [(b.name, b.match) for b in specs] == [("arithmetic-heldout", "exact")]  # whole problems: templated
     teacher = RecordingTeacher(load_tokenizer(str(embedded_dir)))
