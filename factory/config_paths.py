@@ -85,6 +85,12 @@ def resolve_pipeline_paths(tree: dict, base: Path) -> dict:
     for bench in _items(evaluation, "benchmarks"):
         _path_or_hub(bench, "path", base, DATA_SUFFIXES)
         _source(bench.get("source") if isinstance(bench, dict) else None, base)
+    verify = tree.get("verify")
+    judge = verify.get("judge") if isinstance(verify, dict) else None
+    _file(judge, "template_file", base)
+    judge_teacher = judge.get("teacher") if isinstance(judge, dict) else None
+    _path_or_hub(judge_teacher, "model", base)
+    _path_or_hub(judge_teacher, "tokenizer", base)
     curate = tree.get("curate")
     decontam = curate.get("decontam") if isinstance(curate, dict) else None
     for bench in _items(decontam, "benchmarks"):

@@ -54,32 +54,57 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
+def _index(node: list, part: str, item: str, where: str) -> int:
+    """`part` as an index into list `node` (at key path `where`); anything else is a ConfigError saying why."""
+    try:
+        index = int(part)
+    except ValueError:
+        raise ConfigError(f"--set {item}: {where} is a list; {part!r} is not a list index "
+                          f"(use an integer 0..{len(node) - 1}, e.g. {where}.0)") from None
+    if not 0 <= index < len(node):
+        raise ConfigError(f"--set {item}: {where} has {len(node)} item(s) (indices 0..{len(node) - 1}); "
+                          f"index {index} is out of range")
+    return index
+
+
 def apply_overrides(tree: dict, overrides: list[str]) -> dict:
-    """Apply `--set key.path=value` items to a YAML tree in place (list items by index) and return it."""
+    """Apply `--set key.path=value` items to a YAML tree in place (list items by index) and return it; a bad list
+    index is a ConfigError naming the override, the list's key and its length."""
     for item in overrides:
         path, value = parse_override(item)
         node: Any = tree
-        for part in path[:-1]:
+        for depth, part in enumerate(path[:-1]):
             if isinstance(node, list):
-                node = node[int(part)]
+                node = node[_index(node, part, item, ".".join(path[:depth]) or "(top level)")]
                 continue
             if part not in node or not isinstance(node[part], (dict, list)):
                 node[part] = {}
             node = node[part]
         last = path[-1]
         if isinstance(node, list):
-            node[int(last)] = value
+            node[_index(node, last, item, ".".join(path[:-1]))] = value
         else:
             node[last] = value
     return tree
 
 
-def format_validation_error(exc: ValidationError, where: str) -> str:
-    """pydantic's errors as `FILE: key.path: message` lines (union tags left out of the key path)."""
+def _override_for(loc: str, overrides: list[str]) -> str | None:
+    """The `--set` item whose key is, contains or lies inside key path `loc` (the last one given wins)."""
+    for item in reversed(overrides):
+        key = item.partition("=")[0].strip()
+        if loc == key or loc.startswith(key + ".") or key.startswith(loc + "."):
+            return item
+    return None
+
+
+def format_validation_error(exc: ValidationError, where: str, overrides: list[str] | None = None) -> str:
+    """pydantic's errors as `FILE: key.path: message` lines (union tags left out of the key path); an error at a key
+    that a `--set` item gave is blamed on that item (`--set key=value: key.path: message`), not on the file."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in _UNION_TAGS))
-        lines.append(f"{where}: {loc or '(top level)'}: {err['msg']}")
+        item = _override_for(loc, overrides or []) if loc else None
+        lines.append(f"{f'--set {item}' if item else where}: {loc or '(top level)'}: {err['msg']}")
     return "\n".join(lines)
 
 

@@ -42,17 +42,44 @@ def cache_root() -> Path:
     return Path(os.environ.get("FACTORY_CACHE", Path.home() / ".cache" / "factory"))
 
 
-def embedded_model_dir(cache: Path | None = None) -> Path:
-    """Return a Hugging Face model folder of the embedded model, converting the GGUF once (~20 s) if needed."""
-    target = (cache or cache_root()) / "smollm2-135m-instruct"
+def embedded_model_dir(cache: Path | None = None, dtype: str = "float32") -> Path:
+    """Return a Hugging Face model folder of the embedded model, converting the GGUF once (~20 s) if needed.
+
+    `dtype="bfloat16"` is the copy for an inference engine that runs in bf16 (vLLM on CPU): stored in that dtype,
+    it loads without a cast (and without vLLM's warning per weight about one). Each copy is written once, into a
+    temporary folder renamed into place, under a file lock."""
+    if dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"embedded model: dtype {dtype!r} is not float32 or bfloat16")
+    root = cache or cache_root()
+    target = root / ("smollm2-135m-instruct" if dtype == "float32" else "smollm2-135m-instruct-bf16")
     if (target / "config.json").exists():
         return target
+    source = embedded_model_dir(root) if dtype != "float32" else None
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").exists():
             return target
-        _convert(gguf_path(), target)
+        if source is None:
+            _convert(gguf_path(), target)
+        else:
+            _cast(source, target, dtype)
     return target
+
+
+def _cast(source: Path, target: Path, dtype: str) -> None:
+    """Save the model folder `source` with its weights in `dtype` (and its tokenizer) as `target`, atomically."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = Path(tempfile.mkdtemp(prefix=".cast-", dir=target.parent))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(source), dtype=getattr(torch, dtype))
+        model.config.dtype = dtype
+        model.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(str(source)).save_pretrained(tmp)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _convert(gguf: Path, target: Path) -> None:

@@ -6,12 +6,26 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _json_error(path: Path, lineno: int, line: str, exc: json.JSONDecodeError) -> str:
+    """`FILE:LINE: malformed JSON at column C: why, near …⟨here⟩…`; the column counts characters of the line (1-based),
+    so it matches an editor's; a line that ends mid-object says so (a truncated or pretty-printed record)."""
+    text = line.rstrip("\r\n")
+    pos = min(exc.pos, len(text))
+    if pos >= len(text.rstrip()):
+        hint = ("the line ends before the JSON value is complete (each line must hold one whole JSON object: "
+                "a truncated line, or pretty-printed JSON spread over several lines?)")
+        return f"{path}:{lineno}: malformed JSON at column {pos + 1}: {exc.msg}; {hint}"
+    near = text[max(0, pos - 20):pos] + "⟨here⟩" + text[pos:pos + 20]
+    return f"{path}:{lineno}: malformed JSON at column {pos + 1}: {exc.msg}, near {near!r}"
+
+
 def iter_jsonl(path: Path, error: type[Exception] = ValueError) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line; raise `error("FILE:LINE: why")` on a bad line."""
+    """Yield (line number, object) for each non-blank line; raise `error("FILE:LINE: why")` on a bad line (a UTF-8
+    byte-order mark at the start of the file is allowed)."""
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, 1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise error(f"{path}:{lineno}: not valid UTF-8 ({exc.reason} at byte {exc.start})") from None
             if not line.strip():
@@ -19,7 +33,7 @@ def iter_jsonl(path: Path, error: type[Exception] = ValueError) -> Iterator[tupl
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise error(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+                raise error(_json_error(path, lineno, line, exc)) from None
             if not isinstance(row, dict):
                 raise error(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             yield lineno, row

@@ -98,6 +98,27 @@ def _to_text(value) -> str | None:
     return str(value)
 
 
+_USER, _ASSISTANT = ("user", "human"), ("assistant", "gpt")
+
+
+def _first_turns(where: str, turns: list) -> tuple[str | None, str | None]:
+    """(first user turn, the assistant turn after it, as the reference) of an OpenAI `messages` or ShareGPT
+    `conversations` list."""
+    user = reply = None
+    for turn in turns:
+        if not isinstance(turn, dict):
+            raise SourceError(f"{where}: a chat column must be a list of {{role, content}} or {{from, value}} turns")
+        role, text = turn.get("role", turn.get("from")), turn.get("content", turn.get("value"))
+        if user is None and role in _USER:
+            user = text
+        elif user is not None and role in _ASSISTANT:
+            reply = text if isinstance(text, str) and text.strip() else None
+            break
+    if user is None:
+        raise SourceError(f"{where}: the chat column has no user turn")
+    return user, reply
+
+
 def _map_row(where: str, row: dict, cfg: FileSource | HubSource, source_name: str) -> dict:
     def column(field: str, required: bool = False):
         col = cfg.columns.get(field, field)
@@ -109,6 +130,9 @@ def _map_row(where: str, row: dict, cfg: FileSource | HubSource, source_name: st
         return row[col]
 
     problem = column("problem", required=True)
+    reply = None
+    if isinstance(problem, list):  # a chat column (general data: messages / ShareGPT conversations)
+        problem, reply = _first_turns(where, problem)
     if not isinstance(problem, str) or not problem.strip():
         raise SourceError(f"{where}: empty or non-text problem")
     domain = column("domain") or cfg.domain
@@ -121,7 +145,7 @@ def _map_row(where: str, row: dict, cfg: FileSource | HubSource, source_name: st
         "source": source,
         "domain": domain,
         "problem": problem,
-        "answer": _to_text(column("answer")),
+        "answer": _to_text(column("answer")) if reply is None or "answer" in cfg.columns else reply,
         "tests": _to_text(column("tests")),
         "language": _to_text(column("language")) or cfg.language,
         "metadata": _to_text(metadata) if metadata is not None else None,
@@ -169,31 +193,49 @@ def arithmetic_problems(cfg: ArithmeticSource) -> list[dict]:
 
 
 # -- entry point --------------------------------------------------------------------------------------------
-def load_source(cfg: SourceConfig) -> list[dict]:
+def _source_label(cfg: SourceConfig) -> str:
     if isinstance(cfg, ArithmeticSource):
-        return arithmetic_problems(cfg)
+        return f"arithmetic source (seed {cfg.seed}, split {cfg.split})"
+    return cfg.dataset if isinstance(cfg, HubSource) else str(cfg.path)
+
+
+def _located(cfg: SourceConfig) -> list[tuple[str, dict]]:
+    """(where, prompt) of every prompt of one source; `where` is FILE:LINE, FILE: row N or the source's name. A
+    file or dataset with no rows is an error naming it."""
+    if isinstance(cfg, ArithmeticSource):
+        label = _source_label(cfg)
+        return [(f"{label}: problem {i}", p) for i, p in enumerate(arithmetic_problems(cfg))]
     name = cfg.source or (cfg.dataset if isinstance(cfg, HubSource) else cfg.path.name)
     out = []
     for where, row in _rows(cfg):
-        out.append(_map_row(where, row, cfg, name))
+        out.append((where, _map_row(where, row, cfg, name)))
         if cfg.limit and len(out) >= cfg.limit:
             break
+    if not out:
+        raise SourceError(f"{_source_label(cfg)}: no prompts in it (the file or dataset is empty, or holds only "
+                          f"blank lines); fill it or remove it from `prompts:`")
     return out
 
 
+def load_source(cfg: SourceConfig) -> list[dict]:
+    return [prompt for _, prompt in _located(cfg)]
+
+
 def load_prompts(sources: list[SourceConfig]) -> list[dict]:
-    """All prompts of all sources, in order; an empty set or a duplicated prompt_id is an error."""
-    prompts: list[dict] = []
+    """All prompts of all sources, in order; an empty source or a duplicated prompt_id is an error naming the
+    file and line (or row) of each copy."""
+    located: list[tuple[str, dict]] = []
     for cfg in sources:
-        prompts.extend(load_source(cfg))
-    if not prompts:
-        raise SourceError("the prompt set is empty")
-    seen: dict[str, int] = {}
+        located.extend(_located(cfg))
+    if not located:
+        raise SourceError("the prompt set is empty: `prompts:` lists no source")
+    seen: dict[str, str] = {}
     dupes = []
-    for i, p in enumerate(prompts):
+    for where, p in located:
         if p["prompt_id"] in seen:
-            dupes.append(f"{p['prompt_id']!r} (prompts {seen[p['prompt_id']]} and {i})")
-        seen.setdefault(p["prompt_id"], i)
+            dupes.append(f"{p['prompt_id']!r} ({seen[p['prompt_id']]} and {where})")
+        seen.setdefault(p["prompt_id"], where)
     if dupes:
-        raise SourceError(f"duplicate prompt ids: {', '.join(dupes[:5])}" + (" …" if len(dupes) > 5 else ""))
-    return prompts
+        raise SourceError(f"duplicate prompt ids: {', '.join(dupes[:5])}" + (" …" if len(dupes) > 5 else "")
+                          + "; give each prompt its own id (or drop the prompt_id column mapping to derive ids)")
+    return [p for _, p in located]

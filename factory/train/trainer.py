@@ -336,12 +336,9 @@ class _Log:
 
 
 def _progress(enabled: bool, total: int, start: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from factory.core.progress import step_progress  # a bar on a terminal, a line every 30 s in a log file
 
-    progress = Progress(TextColumn("sft"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                        TimeRemainingColumn(), disable=not enabled)
-    task = progress.add_task("sft", total=total, completed=start, info="")
-    return progress, task
+    return step_progress("sft", enabled, total, start)
 
 
 def _epoch_fraction(step: int, steps_per_epoch: int) -> float:

@@ -68,7 +68,7 @@ def test_arithmetic_generator_is_deterministic_and_splits_are_disjoint():
     (b'[1, 2]\n', "p.jsonl:1: expected a JSON object"),
     (b'{"problem": "  "}\n', "p.jsonl:1: empty or non-text problem"),
     (b'{"problem": "a", "domain": "poetry"}\n', "domain 'poetry'"),
-    (b'\n\n', "the prompt set is empty"),
+    (b"\n\n", "p.jsonl: no prompts in it"),
     (b'{"problem": "a", "id": "x"}\n{"problem": "b", "id": "x"}\n', "duplicate prompt ids: 'x'"),
 ])
 def test_bad_jsonl_names_file_and_line(tmp_path, content, message):
