@@ -71,8 +71,9 @@ def main() -> None:
     from factory.config import PipelineConfig
     from factory.generate.stage import build_request, run_generate
     from factory.generate.teachers import make_teacher
-    from factory.generate.teachers.vllm_offline import sampling_params
     from factory.generate.sources import load_prompts
+    from factory.generate.teachers.vllm_engine import token_prompt
+    from factory.generate.teachers.vllm_offline import sampling_params
 
     cfg = PipelineConfig.model_validate({
         "prompts": [{"kind": "arithmetic", "n": args.prompts, "seed": 7, "max_operand": 50}],
@@ -84,7 +85,8 @@ def main() -> None:
         teacher = make_teacher(cfg.teacher, cfg.sampling)
         engine_start = time.perf_counter() - t0
         tokenizer = teacher.tokenizer()
-        prompts = [build_request(p, cfg.template, tokenizer)[0].prompt for p in load_prompts(cfg.prompts)]
+        texts = [build_request(p, cfg.template, tokenizer)[0].prompt for p in load_prompts(cfg.prompts)]
+        prompts = [token_prompt(teacher.encode(t)) for t in texts]  # token ids, as the factory's loop sends them
         params = sampling_params(cfg.sampling)
         teacher.llm.generate(prompts[:2], params, use_tqdm=False)  # warm-up, not timed
         raw_tps, ours_tps = [], []

@@ -85,6 +85,11 @@ class TemplateConfig(BaseModel):
         default_factory=list, description="example turns before the problem (chat mode), e.g. to teach the format")
     jinja: str | None = Field(None, description="a Jinja template over the prompt fields (kind: jinja)")
     jinja_file: Path | None = None
+    tracks: dict[str, Literal["reasoning", "no_cot", "short_cot"]] = Field(
+        default_factory=dict, description="per domain, e.g. {general: no_cot}: no_cot = the reply opens with an empty "
+        "<think>\\n\\n</think> and the teacher answers at once; short_cot = a brief CoT (default: reasoning)")
+    short_cot_instruction: str = Field("Think only briefly (a sentence or two) before you answer.",
+                                       description="added to the user turn of short_cot domains")
 
 
 class SamplingConfig(Strict):
@@ -96,6 +101,13 @@ class SamplingConfig(Strict):
     extra: dict[str, Any] = Field(default_factory=dict, description="other vLLM SamplingParams / API fields")
 
 
+# Teacher settings that decide only how fast traces come, not what they are: left out of stage fingerprints.
+TEACHER_SPEED_ONLY = ("max_inflight", "concurrency", "timeout_s", "max_retries", "backoff_s", "connect_retries",
+                      "kv_cache_gib", "gpu_memory_utilization", "enforce_eager", "base_urls", "max_num_seqs",
+                      "max_num_batched_tokens", "enable_prefix_caching", "enable_chunked_prefill", "max_restarts",
+                      "cpu_shared_cores")
+
+
 class VLLMTeacherConfig(Strict):
     backend: Literal["vllm"] = "vllm"
     model: str = Field("embedded", description="'embedded' (SmolLM2-135M-Instruct), a local folder or a Hub id")
@@ -103,10 +115,20 @@ class VLLMTeacherConfig(Strict):
     dtype: str = "auto"
     max_model_len: int | None = None
     kv_cache_gib: int = Field(1, ge=1, description="vllm-cpu KV cache in whole GiB (VLLM_CPU_KVCACHE_SPACE)")
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="GPU: share of GPU memory for weights "
+                                                  "+ KV cache (vLLM's default 0.9); vllm-cpu: use kv_cache_gib")
     tensor_parallel_size: int = Field(1, ge=1)
-    enforce_eager: bool = True
-    max_inflight: int = Field(1024, ge=1, description="prompts handed to the scheduler at once")
+    # GPU engine settings (unset: vLLM's defaults on GPU; on CPU max_num_seqs takes the teacher's CPU default)
+    max_num_seqs: int | None = Field(None, ge=1, description="sequences the scheduler runs at once")
+    max_num_batched_tokens: int | None = Field(None, ge=1, description="tokens per engine step (prefill chunks)")
+    enable_prefix_caching: bool | None = Field(None, description="reuse a prompt's KV across its k samples")
+    enable_chunked_prefill: bool | None = Field(None, description="mix prefill chunks into decode steps")
+    enforce_eager: bool | None = Field(None, description="unset: eager on CPU, CUDA graphs on GPU")
+    max_inflight: int | None = Field(None, ge=1, description="prompts handed to the scheduler at once; unset: "
+                                     "2 × max_num_seqs / k, from the started engine")
+    max_restarts: int = Field(2, ge=0, description="restarts of a dead engine per generate call (then an error)")
+    cpu_shared_cores: bool = Field(True, description="vllm-cpu: OpenMP threads yield their core instead of spinning "
+                                   "(keeps the engine usable when other processes share the cores)")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict)
 
 

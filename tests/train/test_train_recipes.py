@@ -28,6 +28,12 @@ def test_recipes_are_valid_pipelines():
 
     for path in sorted(RECIPES.glob("*.yaml")):
         cfg = load_pipeline(path, [])
+        if path.stem.startswith("eval-"):  # eval recipes (tests/eval/test_eval_code.py checks their settings)
+            assert cfg.eval is not None and cfg.stages == ["eval"]
+            continue
+        if path.stem.startswith("teacher-"):  # generate recipes (tests/generate/test_engine_recovery.py)
+            assert cfg.stages == ["generate"] and cfg.teacher.backend == "vllm"
+            continue
         assert cfg.sft is not None and cfg.stages == ["sft"]
 
 

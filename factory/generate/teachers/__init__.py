@@ -1,4 +1,5 @@
-"""Teacher backends behind one protocol (`factory.generate.teachers.base.Teacher`); stages never import vLLM directly."""
+"""Teacher backends behind one protocol (`factory.generate.teachers.base.Teacher`); stages never import vLLM
+directly."""
 from __future__ import annotations
 
 from factory.core.config import ExecutorConfig

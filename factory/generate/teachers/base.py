@@ -32,6 +32,7 @@ class GenResult:
     prompt_tokens: int
     latency_s: float
     extra: dict[str, Any] = field(default_factory=dict)
+    prompt_token_ids: list[int] | None = None  # what the engine was sent (offline engine)
 
 
 class TeacherError(RuntimeError):
@@ -45,6 +46,8 @@ class Teacher(Protocol):
         """A tokenizer with the model's chat template, when prompts are templated locally."""
 
     def generate(self, requests: Iterable[GenRequest], sampling: SamplingConfig) -> Iterator[GenResult]:
-        """Generate `sampling.n` samples per request; yield each request's result once all its samples are done."""
+        """Generate `sampling.n` samples per request; yield each request's result once all its samples are done.
+        A teacher with a `window(sampling) -> int` method (the prompts it keeps in flight) also accepts None from
+        `requests`: nothing to admit now, ask again after the next result."""
 
     def close(self) -> None: ...

@@ -162,7 +162,7 @@ class _Dispatch:
         self.inflight: dict[Any, dict[str, GenRequest]] = {a: {} for a in teacher.replicas}
         self.polls: dict[Any, Any] = {}
         self.done: set[str] = set()
-        self.per_replica = max(1, teacher.cfg.max_inflight)
+        self.per_replica = max(1, teacher.cfg.max_inflight or 1024)  # unset: each replica's engine sizes its own
 
     def _next(self) -> GenRequest | None:
         return self.retry.popleft() if self.retry else next(self.pending, None)
