@@ -48,6 +48,50 @@ def engine(embedded_dir):
     teacher.close()
 
 
+@pytest.fixture(scope="session")
+def vllm_server(embedded_dir, tmp_path_factory):
+    """ONE real OpenAI-compatible `vllm serve` subprocess on the embedded model (served as `smollm2`) on 127.0.0.1 for
+    the whole session (the server tests of generate and the judge share it); yields its base URL."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(embedded_dir),
+           "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "1024",
+           "--enforce-eager", "--seed", "0"]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 300
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"vllm server exited early:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline:
+                pytest.fail("vllm server did not come up in 300 s")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_schema_cache():
     """Some tests point factory.core.schema at stand-in schema files; never let a cached stand-in leak to the next."""

@@ -26,6 +26,7 @@ class TruncationConfig(BaseModel):
     drop_error: bool = True           # finish_reason == "error": the request failed
     require_think_closed: bool = True
     require_answer: bool = True       # some non-blank text after </think>
+    no_cot_domains: list[str] = ["general"]  # the non-reasoning track: an empty <think> block is allowed
 
 
 class LanguageConfig(BaseModel):

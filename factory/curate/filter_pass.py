@@ -89,10 +89,18 @@ def check_output_fields(fields: set[str], where: str) -> None:
                                     f"(they have: {', '.join(sorted(fields))})")
 
 
+def track_of(record: dict) -> str:
+    """reasoning | non_reasoning: the general domain, or a reply without a CoT, is the paper's non-reasoning track."""
+    general = record.get("domain") == "general" or not (record.get("reasoning") or "").strip()
+    return "non_reasoning" if general else "reasoning"
+
+
 def curated_row(rec: dict, names: list[str]) -> dict:
     """A record in the curated shape (`names` of the target schema), with its `messages` and `num_tokens`."""
     row = {n: rec.get(n) for n in names}
     row["messages"] = to_messages(rec["problem"], rec["reasoning"] or "", rec["answer_text"] or "")
+    if "track" in names:
+        row["track"] = track_of(rec)
     row["num_tokens"] = int(rec["prompt_tokens"] or 0) + int(rec["completion_tokens"] or 0)
     return row
 

@@ -1,5 +1,10 @@
 """Prompt templates: the R1-Zero template of the paper, the chat template with a forced "<think>\\n" opening, a
-user-supplied Jinja template, and per-domain instructions; plus splitting a completion on <think>...</think>."""
+user-supplied Jinja template, and per-domain instructions; plus splitting a completion on <think>...</think>.
+
+Tracks (`template.tracks`, per domain): `reasoning` (the default) forces the `<think>\\n` opening; `no_cot` is the
+paper's non-reasoning track for simple queries: the reply is forced to open with an empty `<think>\\n\\n</think>`
+(R1's own form of an answer without a CoT), so the teacher answers at once; `short_cot` keeps the opening and asks
+for a brief CoT in the user turn."""
 from __future__ import annotations
 
 import re
@@ -17,6 +22,29 @@ R1_ZERO_TEMPLATE = (
     "respectively, i.e., <think> reasoning process here </think> <answer> answer here </answer>. "
     "User: {prompt}. Assistant:"
 )
+
+
+THINK_OPEN = "<think>"
+NO_COT_PREFILL = "<think>\n\n</think>\n\n"
+
+
+def track_of(record: dict, t: TemplateConfig) -> str:
+    """reasoning | no_cot | short_cot: the track of a prompt's domain."""
+    return t.tracks.get(record.get("domain") or "", "reasoning")
+
+
+def prefill_for(record: dict, t: TemplateConfig) -> str:
+    """The forced reply opening of one prompt: the empty think block on the no_cot track, else `t.prefill`."""
+    return NO_COT_PREFILL if track_of(record, t) == "no_cot" else t.prefill
+
+
+def instructions_for(record: dict, t: TemplateConfig) -> dict[str, str]:
+    """The per-domain instructions, with the brief-CoT request added for a short_cot domain."""
+    if track_of(record, t) != "short_cot":
+        return t.instructions
+    domain = record.get("domain") or ""
+    joined = " ".join(x for x in (t.instructions.get(domain, ""), t.short_cot_instruction) if x)
+    return {**t.instructions, domain: joined}
 
 
 def with_instruction(problem: str, domain: str, instructions: dict[str, str]) -> str:
@@ -51,6 +79,8 @@ def render_chat(record: dict, instructions: dict[str, str], tokenizer: Any, pref
     # Some R1 templates already end the generation prompt with "<think>\n": never open the tag twice.
     if prefill and text.rstrip().endswith(prefill.strip()):
         return text
+    if prefill.startswith(THINK_OPEN) and text.rstrip().endswith(THINK_OPEN):  # e.g. the no_cot opening
+        return text.rstrip() + prefill[len(THINK_OPEN):]
     return text + prefill
 
 

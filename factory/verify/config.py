@@ -3,9 +3,12 @@ rejection-sampling policy. A leaf module: it imports no reward, no sandbox and n
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from factory.generate.config import SamplingConfig, TeacherConfig, VLLMTeacherConfig
 
 
 class MathConfig(BaseModel):
@@ -88,7 +91,60 @@ class ConsensusConfig(BaseModel):
     min_share: float = Field(0.5, gt=0, le=1, description="share of answered samples the majority must hold")
 
 
-RewardKind = Literal["math", "code", "choice", "exact", "auto", "none"]
+def _judge_sampling() -> SamplingConfig:
+    return SamplingConfig(n=1, temperature=0.0, top_p=1.0, max_tokens=512)
+
+
+class JudgeConfig(BaseModel):
+    """A model judging samples the rules cannot decide (the paper's generative reward model)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: TeacherConfig = Field(default_factory=VLLMTeacherConfig,
+                                   description="the judge model: any teacher backend (vllm, openai, base_urls)")
+    sampling: SamplingConfig = Field(default_factory=_judge_sampling, description="n must be 1")
+    domains: dict[str, Literal["fallback", "always", "never"]] = Field(
+        default_factory=lambda: {"science": "fallback", "general": "fallback"},
+        description="fallback: judge only where the rules cannot decide (see `undecided`); always: judge every sample")
+    undecided: list[str] = Field(default_factory=lambda: ["no_reference", "unparseable", "no_answer"],
+                                 description="rule verdicts that mean the rules could not decide")
+    template_file: Path | None = Field(None, description="Jinja judge prompt; needs {{ problem }}, {{ response }} "
+                                       "and {{ reference }} or {{ rubric }}")
+    rubric: str = Field("The response is correct if it answers the question accurately, completely and helpfully.",
+                        description="used when a prompt has no reference answer")
+    verdict_pattern: str = Field(r"VERDICT\s*[:=]\s*\**\s*(CORRECT|INCORRECT)",
+                                 description="regex; group 1 is the verdict word")
+    score_pattern: str = Field(r"SCORE\s*[:=]\s*\**\s*([0-9]*\.?[0-9]+)", description="regex; group 1 in [0, 1]")
+    pass_score: float = Field(0.5, ge=0, le=1, description="a parsed score at or above this counts as correct")
+    max_response_chars: int = Field(6000, ge=100, description="longer responses are cut to their tail")
+    batch_size: int = Field(256, ge=1, description="judge requests per batch (a cache commit per batch)")
+    cache: bool = Field(True, description="DIR/judge_cache/: a rerun never asks the judge twice")
+
+    @field_validator("verdict_pattern", "score_pattern")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as exc:
+            raise ValueError(f"not a valid regex: {exc}") from exc
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_backend(cls, data):
+        """A judge teacher block without `backend` is the in-process vLLM engine."""
+        if isinstance(data, dict) and isinstance(data.get("teacher"), dict):
+            data = {**data, "teacher": {"backend": "vllm", **data["teacher"]}}
+        return data
+
+    @model_validator(mode="after")
+    def _one_sample(self) -> "JudgeConfig":
+        if self.sampling.n != 1:
+            raise ValueError(f"judge.sampling.n must be 1 (got {self.sampling.n})")
+        return self
+
+
+RewardKind = Literal["math", "code", "choice", "exact", "judge", "auto", "none"]
 
 
 class VerifyConfig(BaseModel):
@@ -98,7 +154,11 @@ class VerifyConfig(BaseModel):
 
     rewards: dict[str, RewardKind] = Field(
         default_factory=lambda: {"math": "math", "code": "code", "science": "auto", "general": "auto"},
-        description="accuracy reward per domain; auto = choice when the reference is a letter, else math")
+        description="accuracy reward per domain; auto = choice when the reference is a letter, else math; "
+                    "judge = the judge model only")
+    judge: JudgeConfig | None = Field(None, description="a model judging what the rules cannot decide (off: null)")
+    no_cot_domains: list[str] = Field(default_factory=lambda: ["general"],
+                                      description="domains whose replies may have an empty <think> block")
     math: MathConfig = Field(default_factory=MathConfig)
     code: CodeConfig = Field(default_factory=CodeConfig)
     choice: ChoiceConfig = Field(default_factory=ChoiceConfig)
@@ -106,3 +166,10 @@ class VerifyConfig(BaseModel):
     consensus: ConsensusConfig = Field(default_factory=ConsensusConfig)
     select: SelectConfig = Field(default_factory=SelectConfig)
     workers: int = Field(1, ge=1, le=256, description="worker processes over shards (speed only)")
+
+    @model_validator(mode="after")
+    def _judge_kind_needs_judge(self) -> "VerifyConfig":
+        judged = sorted(d for d, kind in self.rewards.items() if kind == "judge")
+        if judged and self.judge is None:
+            raise ValueError(f"rewards: domain(s) {judged} use the judge reward but there is no verify.judge block")
+        return self

@@ -3,7 +3,8 @@
 `verify_shard(records, cfg)` is the pure, picklable per-shard function the shard runner applies (records of one
 input shard in, the same records with the verdict columns of `schemas/verdict.yaml` out; all k samples of a
 prompt are in the same shard). `score_record(record, cfg)` is the per-record part that evaluation reuses for
-pass@1. No I/O here.
+pass@1. Rules first: with a `judge` block, the samples the rules cannot decide (per domain, see `JudgeConfig`) go
+to the judge model in one batch per shard; its only I/O is the judge and its cache (`judge_dir`).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from factory.verify.selection import apply_consensus, majority, pass_rate, selec
 
 VERDICT_COLUMNS = ("reward_accuracy", "accuracy_verdict", "accuracy_reason", "extracted_answer", "reward_format",
                    "format_verdict", "format_reason", "reward_kind", "tests_passed", "tests_total")
+JUDGE_COLUMNS = ("judge_model", "judge_verdict", "judge_score", "judge_text")
 
 
 def reward_kind(record: dict, cfg: VerifyConfig) -> str:
@@ -50,6 +52,8 @@ def _accuracy(record: dict, kind: str, cfg: VerifyConfig) -> RewardResult:
         return score_choice(answer_text, record.get("answer"), template, cfg.choice)
     if kind == "exact":
         return score_exact(answer_text, record.get("answer"), template, cfg.exact)
+    if kind == "judge":
+        return RewardResult(0.0, "no_reference", "left to the judge model")
     return RewardResult(0.0, "no_reference", f"no accuracy reward configured for domain {record.get('domain')!r}")
 
 
@@ -63,7 +67,8 @@ def score_record(record: dict, cfg: VerifyConfig | None = None) -> dict:
         raise  # the machine cannot run code safely: stop rather than mark every program wrong
     except Exception as exc:  # noqa: BLE001 - a verifier bug must not stop the run; it is recorded
         acc = RewardResult(0.0, "error", f"the verifier failed: {type(exc).__name__}: {exc}")
-    fmt = score_format(record.get("completion") or "", record.get("template"))
+    fmt = score_format(record.get("completion") or "", record.get("template"),
+                       allow_empty_reasoning=(record.get("domain") or "") in cfg.no_cot_domains)
     return {"reward_accuracy": float(acc.reward), "accuracy_verdict": acc.verdict, "accuracy_reason": acc.reason,
             "extracted_answer": acc.extracted if kind != "code" else None,
             "reward_format": float(fmt.reward), "format_verdict": fmt.verdict, "format_reason": fmt.reason,
@@ -97,16 +102,65 @@ def aggregate_prompt(rows: list[dict], cfg: VerifyConfig) -> bool:
     return labelled
 
 
-def verify_shard(records: list[dict], cfg: VerifyConfig) -> ShardResult:
-    """Score every record of one shard, aggregate per prompt, select; nothing is dropped (see `selected`)."""
+def needs_judge(row: dict, cfg: VerifyConfig) -> bool:
+    """Rules first: the judge takes a sample only where its domain asks for it and the rules could not decide."""
+    if cfg.judge is None or row.get("finish_reason") == "error":
+        return False
+    if not (row.get("answer_text") or "").strip() and not row.get("think_closed", True):
+        return False  # an unfinished trace has no answer to judge: the rules' no_answer stands
+    if row["reward_kind"] == "judge":
+        return True
+    mode = cfg.judge.domains.get(row.get("domain") or "", "never")
+    return mode == "always" or (mode == "fallback" and row["accuracy_verdict"] in cfg.judge.undecided)
+
+
+def apply_judgement(row: dict, judgement, model: str) -> None:
+    """The judge's verdict on a verdict row, in place; a failed judgement is its own verdict, never `wrong`."""
+    rules = f"rules: {row['accuracy_verdict']}: {row['accuracy_reason']}"
+    row.update(judge_model=model, judge_verdict=judgement.verdict, judge_score=judgement.score,
+               judge_text=judgement.text, reward_kind="judge")
+    if judgement.verdict in ("correct", "wrong"):
+        row["reward_accuracy"] = 1.0 if judgement.verdict == "correct" else 0.0
+        row["accuracy_verdict"] = judgement.verdict
+        row["accuracy_reason"] = f"judge {model}: {judgement.verdict} (score {judgement.score:g}); {rules}"
+    else:
+        row["reward_accuracy"] = 0.0
+        row["accuracy_verdict"] = f"judge_{judgement.verdict}"
+        why = "no verdict in its reply" if judgement.verdict == "unparsable" else judgement.text
+        row["accuracy_reason"] = f"judge {model} failed ({judgement.verdict}): {why[:300]}; {rules}"
+
+
+def _judge_rows(rows: list[dict], cfg: VerifyConfig, judge_dir: str | None, stats: Counter) -> None:
+    from factory.verify.rewards.judge import session_for
+
+    todo = [r for r in rows if needs_judge(r, cfg)]
+    if not todo:
+        return
+    session = session_for(cfg.judge, judge_dir)
+    calls, cached, start = session.calls, session.cached, time.perf_counter()
+    for row, judgement in zip(todo, session.judge(todo)):
+        apply_judgement(row, judgement, session.model_id)
+        stats[f"judge.{judgement.verdict}"] += 1
+    stats["judge.calls"] += session.calls - calls
+    stats["judge.cached"] += session.cached - cached
+    stats["judge_s"] = round(time.perf_counter() - start, 3)
+
+
+def verify_shard(records: list[dict], cfg: VerifyConfig, judge_dir: str | None = None) -> ShardResult:
+    """Score every record of one shard, aggregate per prompt, select; nothing is dropped (see `selected`).
+    `judge_dir` is the judge's cache folder (None: no cache)."""
     groups: dict[str, list[dict]] = {}
     seconds = 0.0
+    stats: Counter = Counter()
+    scored = []
     for rec in records:
         start = time.perf_counter()
         row = {**rec, **score_record(rec, cfg)}
         seconds += time.perf_counter() - start
-        groups.setdefault(rec["prompt_id"], []).append(row)
-    stats: Counter = Counter()
+        scored.append(row)
+    _judge_rows(scored, cfg, judge_dir, stats)
+    for row in scored:
+        groups.setdefault(row["prompt_id"], []).append(row)
     rows: list[dict] = []
     for prompt_rows in groups.values():
         if aggregate_prompt(prompt_rows, cfg):

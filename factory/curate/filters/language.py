@@ -138,7 +138,8 @@ class LanguageFilter(RecordFilter):
     def check(self, record: dict) -> FilterOutcome:
         c = self.config
         target = c.target or record.get("language") or c.default_language
-        score = consistency_for(record["reasoning"] or "", target, c)
+        text = record["reasoning"] or record.get("answer_text") or ""  # no CoT (general track): the reply
+        score = consistency_for(text, target, c)
         metrics = {"lang_consistency": round(score, 4)}
         if score < c.min_consistency:
             return False, f"lang_consistency<{c.min_consistency:g}", metrics

@@ -53,7 +53,7 @@ class RepetitionFilter(RecordFilter):
 
     def check(self, record: dict) -> FilterOutcome:
         c = self.config
-        cot = record["reasoning"] or ""
+        cot = record["reasoning"] or record.get("answer_text") or ""  # no CoT (general track): the reply
         metrics = {"repeated_ngram_ratio": round(repeated_ngram_ratio(cot, c.ngram), 4),
                    "max_line_repeats": max_line_repeats(cot, c.min_line_chars),
                    "compression_ratio": round(compression_ratio(cot, c.compression_level,

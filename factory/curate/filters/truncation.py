@@ -21,7 +21,7 @@ class TruncationFilter(RecordFilter):
             return False, "finish_reason=length", {}
         if c.require_think_closed and not record["think_closed"]:
             return False, "no_think_close", {}
-        if not (record["reasoning"] or "").strip():
+        if not (record["reasoning"] or "").strip() and record.get("domain") not in c.no_cot_domains:
             return False, "empty_reasoning", {}
         if c.require_answer and not (record["answer_text"] or "").strip():
             return False, "empty_answer", {}

@@ -20,7 +20,9 @@ def _bad(verdict: str, reason: str) -> RewardResult:
     return RewardResult(0.0, verdict, reason)
 
 
-def score_format(completion: str, template: str | None = None) -> RewardResult:
+def score_format(completion: str, template: str | None = None, allow_empty_reasoning: bool = False) -> RewardResult:
+    """`allow_empty_reasoning`: the non-reasoning track, whose replies open with an empty `<think>\n\n</think>`
+    (the R1 form of an answer without a CoT)."""
     text = completion or ""
     n_open, n_close = text.count(THINK_OPEN), text.count(THINK_CLOSE)
     if n_open == 0:
@@ -35,11 +37,13 @@ def score_format(completion: str, template: str | None = None) -> RewardResult:
     if text[:start].strip():
         return _bad("text_before_think", "text before <think>")
     reasoning = text[start + len(THINK_OPEN):end]
-    if not reasoning.strip():
+    if not reasoning.strip() and not allow_empty_reasoning:
         return _bad("empty_reasoning", "the <think> block is empty")
     answer = text[end + len(THINK_CLOSE):]
     if not answer.strip():
         return _bad("empty_answer", "nothing after </think>")
+    if not reasoning.strip():
+        return RewardResult(1.0, "ok", f"no CoT (empty <think> block) then an answer ({len(answer.strip())} chars)")
     if template == "r1_zero":
         a_open, a_close = answer.count(ANSWER_OPEN), answer.count(ANSWER_CLOSE)
         if a_open == 0 or a_close == 0:
