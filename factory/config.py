@@ -31,6 +31,8 @@ from factory.generate.config import (  # noqa: F401
     TemplateConfig,
     VLLMTeacherConfig,
 )
+from factory.grpo.config import GRPOConfig
+from factory.mix.config import MixConfig, prepare_mix_tree
 from factory.publish.config import PublishConfig
 from factory.registry import STAGE_NAMES
 from factory.train.config import SFTConfig
@@ -51,7 +53,9 @@ class PipelineConfig(Strict):
     verify: VerifyConfig = Field(default_factory=VerifyConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     sft: SFTConfig | None = None
+    grpo: GRPOConfig | None = None
     eval: EvalConfig | None = None
+    mix: MixConfig | None = None
     publish: PublishConfig = Field(default_factory=PublishConfig)
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
 
@@ -71,9 +75,10 @@ def load_pipeline(path: Path | str, overrides: list[str] | None = None) -> Pipel
     tree = read_yaml_mapping(path)
     # Relative paths in the YAML resolve against its own folder; those in --set values against the current one.
     tree = resolve_pipeline_paths(tree, path.parent)
+    tree = prepare_mix_tree(tree, path.parent)  # mix source paths; a mix-only file has no prompts
     tree = apply_overrides(tree, overrides or [])
     try:
         return PipelineConfig.model_validate(tree)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc, str(path))) from None
+        raise ConfigError(format_validation_error(exc, str(path), overrides)) from None
 

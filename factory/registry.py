@@ -34,8 +34,13 @@ _SPECS = (
               "(DIR/verify/)."),
     StageSpec("curate", "factory.curate.stage:run_curate",
               "Verdicts → selection, truncation, language, readability, repetition, decontam, dedupe (DIR/curate/)."),
+    StageSpec("mix", "factory.mix.stage:run_mix",
+              "Curated sets of one or more runs → a mixture to counts or ratios, seeded, with lineage (DIR/mix/)."),
     StageSpec("sft", "factory.train.stage:run_sft_stage",
               "Curated messages → a LoRA or fully fine-tuned student (DIR/sft/); resumes from its last checkpoint."),
+    StageSpec("grpo", "factory.grpo.stage:run_grpo",
+              "Prompts with answers → GRPO (R1-Zero RL) of a policy on verify's rewards; rollouts as trace shards "
+              "(DIR/grpo/); resumes from its last checkpoint."),
     StageSpec("eval", "factory.eval.stage:run_eval",
               "Models × benchmarks, k samples each: pass@1 ± SE, cons@k, length, truncation (DIR/eval/)."),
     StageSpec("publish", "factory.publish.stage:publish_stage",

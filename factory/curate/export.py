@@ -1,5 +1,7 @@
 """Training-ready shapes of a curated sample: the `messages` column (OpenR1-Math-220k / Mixture-of-Thoughts style)
-and a ShareGPT JSONL export for LLaMA-Factory."""
+and JSONL exports (`factory export`): `messages` ({"messages": [...]}, what `factory mix` reads back), ShareGPT, and
+ShareGPT with LLaMA-Factory's `dataset_info.json`. Exports stream, batch by batch, into a temp file renamed into
+place."""
 from __future__ import annotations
 
 import json
@@ -83,12 +85,43 @@ def write_jsonl_atomic(rows: Iterable[dict], path: Path) -> int:
     return n
 
 
-def export_sharegpt(curated_dir: Path, out_path: Path, dataset_name: str = "factory_r1") -> int:
-    """Write `out_path` (ShareGPT JSONL) and a `dataset_info.json` beside it; return the number of samples."""
+def export_sharegpt(curated_dir: Path, out_path: Path, dataset_name: str = "factory_r1",
+                    dataset_info: bool = True) -> int:
+    """Write `out_path` (ShareGPT JSONL) and, with `dataset_info`, LLaMA-Factory's `dataset_info.json` beside it
+    (an existing one keeps its other entries); return the number of samples."""
     out_path = Path(out_path)
     n = write_jsonl_atomic((to_sharegpt(m) for m in iter_messages(curated_dir)), out_path)
-    info = out_path.parent / "dataset_info.json"
-    entries = json.loads(info.read_text()) if info.exists() else {}
-    entries.update(llamafactory_dataset_info(dataset_name, out_path.name))
-    write_text_atomic(info, json.dumps(entries, indent=2) + "\n")
+    if dataset_info:
+        info = out_path.parent / "dataset_info.json"
+        entries = json.loads(info.read_text()) if info.exists() else {}
+        entries.update(llamafactory_dataset_info(dataset_name, out_path.name))
+        write_text_atomic(info, json.dumps(entries, indent=2) + "\n")
     return n
+
+
+def export_messages(curated_dir: Path, out_path: Path) -> int:
+    """Write `out_path` as JSONL of `{"messages": [...]}` (TRL's conversational shape); return the samples."""
+    return write_jsonl_atomic(({"messages": m} for m in iter_messages(curated_dir)), out_path)
+
+
+EXPORT_FORMATS = ("messages", "sharegpt", "llamafactory")
+
+
+def export_source(path: Path) -> Path:
+    """The shard folder to export: `path` itself when it holds part-*.parquet, else a run folder's curate/."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such folder (a curate or mix folder, or a run folder)")
+    if not any(path.glob("part-*.parquet")) and any((path / "curate").glob("part-*.parquet")):
+        return path / "curate"
+    return path
+
+
+def export(curated_dir: Path, fmt: str, out_path: Path, dataset_name: str = "factory_r1") -> int:
+    """Export a folder of curated (or mixed) shards, or a run folder's curate/, in format `fmt` (EXPORT_FORMATS)."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"--format {fmt!r}: one of {', '.join(EXPORT_FORMATS)}")
+    curated_dir = export_source(curated_dir)
+    if fmt == "messages":
+        return export_messages(curated_dir, out_path)
+    return export_sharegpt(curated_dir, out_path, dataset_name, dataset_info=fmt == "llamafactory")

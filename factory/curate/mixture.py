@@ -1,5 +1,6 @@
 """Mixture: combine curated sets (e.g. reasoning and general/non-reasoning, like the R1 paper's ~600k + ~200k) to
-target counts or ratios, as curated shards with the components interleaved.
+target counts or ratios, with the components interleaved. The Python face of `factory mix` (factory/mix/, which
+builds on the sampling and interleaving here).
 
 Each component's rows are sampled by index without replacement (or repeated whole, then sampled, when
 `allow_upsample`), chosen from the row counts in the Parquet footers without reading the data. Output shard j takes
@@ -8,7 +9,6 @@ the chosen indices and one output shard, never a whole component.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -16,11 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from factory.core.schema import check_shard_schema, load_schema
-from factory.core.shards import write_table_atomic, write_text_atomic
 
 
 class MixtureError(ValueError):
@@ -61,23 +57,7 @@ class MixtureConfig(BaseModel):
         return self
 
 
-def _shards(path: Path) -> list[Path]:
-    shards = sorted(Path(path).glob("part-*.parquet"))
-    if not shards:
-        raise MixtureError(f"{path}: no part-*.parquet shards (not a curated folder?)")
-    return shards
-
-
-def _available(shards: list[Path]) -> int:
-    total = 0
-    for s in shards:
-        pf = pq.ParquetFile(s)
-        check_shard_schema(s, pf.schema_arrow, expected="curated")
-        total += pf.metadata.num_rows
-    return total
-
-
-def _split(total: int, weights: list[float]) -> list[int]:
+def split_counts(total: int, weights: list[float]) -> list[int]:
     """Integer shares of `total` by weight, summing to `total` (largest remainder)."""
     raw = [total * w / sum(weights) for w in weights]
     counts = [math.floor(r) for r in raw]
@@ -86,58 +66,37 @@ def _split(total: int, weights: list[float]) -> list[int]:
     return counts
 
 
+
+def largest_total(available: list[int], weights: list[float]) -> int:
+    """The largest total whose shares by weight every component can supply without repeats."""
+    return int(min(a * sum(weights) / w for a, w in zip(available, weights)))
+
+
+def _mix_config(config: MixtureConfig):
+    from factory.mix.config import MixConfig
+
+    return MixConfig(sources=[c.model_dump(exclude_none=True) for c in config.components], total=config.total,
+                     allow_upsample=config.allow_upsample, seed=config.seed, shard_rows=config.shard_rows)
+
+
 def plan(config: MixtureConfig) -> list[dict]:
-    """Per component: name, path, available rows, rows to take."""
-    rows = []
-    for c in config.components:
-        avail = _available(_shards(Path(c.path)))
-        folder = Path(c.path).resolve()
-        default = folder.parent.name if folder.name == "curate" else folder.name
-        rows.append({"name": c.name or default, "path": c.path, "available": avail})
-    names = [r["name"] for r in rows]
-    if len(set(names)) != len(names):
-        raise MixtureError(f"component names must be unique, got {names}; set `name`")
-    comps = config.components
-    if comps[0].count is not None:
-        targets = [c.count for c in comps]
-    elif comps[0].weight is not None:
-        weights = [c.weight for c in comps]
-        total = config.total
-        if total is None:
-            total = int(min(r["available"] * sum(weights) / w for r, w in zip(rows, weights)))
-        targets = _split(total, weights)
-    else:
-        targets = [r["available"] for r in rows]
-    for r, t in zip(rows, targets):
-        if t > r["available"] and not config.allow_upsample:
-            raise MixtureError(f"component {r['name']}: {t} samples wanted but {r['path']} has {r['available']}; "
-                               f"lower the target or set allow_upsample")
-        if t > 0 and r["available"] == 0:
-            raise MixtureError(f"component {r['name']}: {r['path']} holds no samples")
-        r["taken"] = t
-    return rows
+    """Per component: name, path, available rows, rows to take (the `factory mix` plan)."""
+    from factory.mix.stage import plan as mix_plan
+
+    sources, targets = mix_plan(_mix_config(config))
+    return [{"name": s.name, "path": str(s.path), "available": s.available, "taken": t}
+            for s, t in zip(sources, targets)]
 
 
-def _choose(available: int, count: int, rng: np.random.Generator) -> np.ndarray:
+def choose_rows(available: int, count: int, rng: np.random.Generator) -> np.ndarray:
     """Sorted row indices: whole repeats when count > available, then a sample without replacement."""
     repeats, rest = divmod(count, available) if available else (0, 0)
     parts = [np.arange(available)] * repeats + [rng.choice(available, size=rest, replace=False)]
     return np.sort(np.concatenate(parts))
 
 
-def _stream(shards: list[Path], chosen: np.ndarray, schema: pa.Schema) -> Iterator[pa.Table]:
-    """The chosen rows (repeats included) in order, as tables."""
-    offset = 0
-    for s in shards:
-        pf = pq.ParquetFile(s)
-        for batch in pf.iter_batches(batch_size=8192):
-            lo, hi = np.searchsorted(chosen, [offset, offset + batch.num_rows])
-            if hi > lo:
-                yield pa.Table.from_batches([batch]).take(pa.array(chosen[lo:hi] - offset)).cast(schema)
-            offset += batch.num_rows
 
-
-class _Taker:
+class Taker:
     """Pulls exactly n rows at a time from a stream of tables."""
 
     def __init__(self, tables: Iterator[pa.Table]):
@@ -156,38 +115,22 @@ class _Taker:
         return whole.slice(0, n)
 
 
-def build_mixture(config: MixtureConfig, out_dir: Path) -> dict:
-    """Write the mixture's shards and `mixture.json` into out_dir; return the summary."""
-    out_dir = Path(out_dir)
-    rows = plan(config)
-    total = sum(r["taken"] for r in rows)
-    if total == 0:
-        raise MixtureError("the mixture would be empty")
-    fingerprint = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
-    summary_path = out_dir / "mixture.json"
-    if summary_path.exists() and json.loads(summary_path.read_text()).get("fingerprint") == fingerprint:
-        return json.loads(summary_path.read_text())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for old in out_dir.glob("part-*.parquet"):
-        old.unlink()
-    curated = load_schema("curated")
-    schema = curated.with_metadata()
-    rng = np.random.default_rng(config.seed)
-    takers = [_Taker(_stream(_shards(Path(r["path"])), _choose(r["available"], r["taken"], rng), schema))
-              for r in rows]
-    n_shards = math.ceil(total / config.shard_rows)
+def interleave(takers: list[Taker], targets: list[int], shard_rows: int,
+               rng: np.random.Generator) -> Iterator[pa.Table]:
+    """The output shards: shard j takes its share of every component (so each has the target ratio), rows shuffled
+    within the shard by `rng`. Holds one output shard in memory."""
+    total = sum(targets)
+    n_shards = math.ceil(total / shard_rows)
     for j in range(n_shards):
-        parts = []
-        for r, taker in zip(rows, takers):
-            n = r["taken"] * (j + 1) // n_shards - r["taken"] * j // n_shards
-            part = taker.take(n)
-            if part is not None:
-                parts.append(part)
-        shard = pa.concat_tables(parts)
-        shard = shard.take(pa.array(rng.permutation(shard.num_rows)))
-        write_table_atomic(out_dir / f"part-{j:05d}.parquet", shard)
-    summary = {"stage": "mixture", "records_out": total, "shards": n_shards, "seed": config.seed,
-               "fingerprint": fingerprint,
-               "components": [{**r, "share": round(r["taken"] / total, 6)} for r in rows]}
-    write_text_atomic(summary_path, json.dumps(summary, indent=2) + "\n")
-    return summary
+        parts = [taker.take(t * (j + 1) // n_shards - t * j // n_shards) for t, taker in zip(targets, takers)]
+        shard = pa.concat_tables([p for p in parts if p is not None])
+        yield shard.take(pa.array(rng.permutation(shard.num_rows)))
+
+
+def build_mixture(config: MixtureConfig, out_dir: Path, *, new_run: bool = False) -> dict:
+    """Write the mixture into out_dir through `factory mix` (shards of schema `mixed`, with lineage; `mixture.json`);
+    return the summary. The same config again is a no-op; a changed one is refused unless `new_run`."""
+    from factory.mix.stage import mix_stage
+
+    mix_stage(_mix_config(config), Path(out_dir), new_run=new_run)
+    return json.loads((Path(out_dir) / "mixture.json").read_text())

@@ -160,3 +160,23 @@ def validate_model_card(text: str, where: str = "model card") -> ModelCard:
         raise PublishError(f"{where}: no YAML metadata block")
     _check_license(card.data.license, where)
     return card
+
+
+# ------------------------------------------------------------------------------------------------------ mixture
+def mixture_section(summary: dict) -> str:
+    """The dataset card's "Mixture" section for a `factory mix` summary (`DIR/mix/mixture.json`): every source
+    with its run, path, rows available and taken, share and repeats, and the seed that fixes the draw."""
+    lines = ["## Mixture", "",
+             f"{_num(summary['records_out'])} samples combined by `factory mix` from "
+             f"{len(summary['components'])} source(s), drawn with seed {summary['seed']} (the same seed and inputs "
+             f"give the same rows in the same order). Every row names its origin in the lineage columns "
+             f"`mix_component`, `mix_run`, `mix_path`, `mix_file` and `mix_row`.", "",
+             "| source | run | path | rows where | available | taken | share | repeated |",
+             "|---|---|---|---|---:|---:|---:|---:|"]
+    for c in summary["components"]:
+        cells = [_cell(c["name"]), _cell(c.get("run")), f"`{_cell(c['path'])}`",
+                 _cell("; ".join(f"{k} in {', '.join(v)}" for k, v in (c.get("filters") or {}).items())),
+                 _num(c["available"]), _num(c["taken"]),
+                 f"{100 * c['share']:.2f}%", _num(c.get("repeats", 0))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,1 @@
+"""`factory mix`: curated sets combined to counts or ratios, seeded, with lineage."""
