@@ -1,5 +1,6 @@
 """Benchmark loading for `factory eval`: a local JSONL/JSON/Parquet file or a Hub dataset id, read through
-`datasets.load_dataset`, with its columns mapped onto {id, problem, answer}."""
+`datasets.load_dataset`, with its columns mapped onto {id, problem, answer} (code benchmarks: {id, problem, tests},
+see factory.eval.code)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,6 +50,8 @@ def load_benchmark(config: BenchmarkConfig, limit: int | None = None, base_dir: 
         cause = exc.__cause__ or exc
         raise BenchmarkError(f"benchmark '{config.name}': cannot read {where}: {type(cause).__name__}: {cause}") from exc
 
+    if config.format != "qa":
+        return _code_rows(ds, config, where, limit)
     wanted = {"problem": config.problem_column, "answer": config.answer_column}
     if config.id_column is not None:
         wanted["id"] = config.id_column
@@ -75,4 +78,43 @@ def load_benchmark(config: BenchmarkConfig, limit: int | None = None, base_dir: 
         seen.add(row_id)
         rows.append({"id": row_id, "problem": str(raw[wanted["problem"]]), "answer": str(raw[wanted["answer"]]),
                      "benchmark": config.name, "domain": config.domain})
+    return rows
+
+
+def _code_rows(ds, config: BenchmarkConfig, where: str, limit: int | None) -> list[dict]:
+    """Rows {id, problem, answer: None, tests, ...} of a code benchmark; a missing field names the row."""
+    from factory.eval.code import code_fields, code_row
+
+    required, optional = code_fields(config.format, config.problem_column, config.tests_column)
+    need_id = config.format == "code" and config.id_column is not None
+    required = (*required, config.id_column) if need_id else required
+    missing = [c for c in required if c not in ds.column_names]
+    if missing:
+        raise BenchmarkError(f"benchmark '{config.name}': {where} has no column(s) {', '.join(missing)} "
+                             f"(format {config.format} needs {', '.join(required)}; columns: "
+                             f"{', '.join(ds.column_names)})")
+    if limit is not None:
+        ds = ds.select(range(min(limit, len(ds))))
+    if len(ds) == 0:
+        raise BenchmarkError(f"benchmark '{config.name}': {where} has no rows")
+    ds = ds.select_columns([c for c in dict.fromkeys((*required, *optional)) if c in ds.column_names])
+    rows, seen = [], set()
+    for i, raw in enumerate(ds):
+        empty = [c for c in required if raw[c] is None or (isinstance(raw[c], str) and not raw[c].strip())]
+        if empty:
+            raise BenchmarkError(f"benchmark '{config.name}': {where} row {i}: field(s) {', '.join(empty)} "
+                                 f"missing or empty (format {config.format} needs {', '.join(required)})")
+        try:
+            row_id, problem, tests = code_row(config.format, raw, problem_column=config.problem_column,
+                                              tests_column=config.tests_column, timeout_s=config.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - every unreadable test shape is named with its row
+            raise BenchmarkError(f"benchmark '{config.name}': {where} row {i}: unusable tests: "
+                                 f"{type(exc).__name__}: {exc}") from exc
+        if config.format == "code":
+            row_id = str(raw[config.id_column]) if need_id else f"{config.name}-{i}"
+        if row_id in seen:
+            raise BenchmarkError(f"benchmark '{config.name}': {where} row {i}: id '{row_id}' appears twice")
+        seen.add(row_id)
+        rows.append({"id": row_id, "problem": problem, "answer": None, "tests": tests, "benchmark": config.name,
+                     "domain": "code"})
     return rows

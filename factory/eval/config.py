@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from factory.generate.config import SourceConfig, TemplateConfig
 
+BenchmarkFormat = Literal["qa", "humaneval", "livecodebench", "apps", "code"]
+TableColumn = Literal["aime24", "math500", "gpqa", "code", "none"]
+
 
 class EvalModel(BaseModel):
     """One model to evaluate: either a full model (`path`), or a LoRA `adapter` applied to its `base` model."""
@@ -25,12 +28,16 @@ class EvalModel(BaseModel):
     base: str | None = Field(default=None, description="local folder or Hub id of the adapter's base model")
     template: TemplateConfig | None = Field(default=None, description="this model's prompt template (e.g. a base "
                                             "model without few-shot turns); None: eval.template, else the pipeline's")
+    backend: dict | None = Field(default=None, description="this model's backend, over eval.backend: {backend: "
+                                 "openai, base_url(s), model, api, ...} (an OpenAI-compatible server), or "
+                                 "{backend: vllm} (the offline engine)")
 
     @model_validator(mode="after")
     def _path_or_adapter(self) -> "EvalModel":
         if self.path is not None and (self.adapter is not None or self.base is not None):
             raise ValueError(f"model '{self.name}': give either 'path' or 'adapter' + 'base', not both")
-        if self.path is None and (self.adapter is None or self.base is None):
+        served = isinstance(self.backend, dict) and self.backend.get("model")
+        if self.path is None and (self.adapter is None or self.base is None) and not served:
             raise ValueError(f"model '{self.name}': needs 'path' (a full model), or both 'adapter' and 'base'")
         return self
 
@@ -57,11 +64,27 @@ class BenchmarkConfig(BaseModel):
     problem_column: str = "problem"
     answer_column: str = "answer"
     limit: int | None = Field(default=None, ge=1, description="first N problems only (overrides EvalConfig.limit)")
+    format: BenchmarkFormat = Field(default="qa", description="qa: {id, problem, answer} columns; code benchmarks "
+                                    "scored by the sandbox: humaneval, livecodebench, apps, or code (problem_column "
+                                    "+ tests_column in the verify stage's tests format)")
+    tests_column: str = Field(default="tests", description="format code: the column of the tests JSON")
+    timeout_s: float | None = Field(default=None, gt=0, le=120, description="code: sandbox time limit per test case "
+                                    "(None: the tests' own, else verify.code.case_timeout_s)")
+    k: int | None = Field(default=None, ge=1, description="samples per problem for this benchmark (None: eval.k)")
+    table_column: TableColumn | None = Field(default=None, description="R1 table column it fills (None: guessed "
+                                             "from the name: aime*, math500, gpqa*, livecodebench/humaneval/apps)")
 
     @model_validator(mode="after")
     def _path_or_source(self) -> "BenchmarkConfig":
         if (self.path is None) == (self.source is None):
             raise ValueError(f"benchmark '{self.name}': give exactly one of 'path' or 'source'")
+        if self.format != "qa":
+            if "domain" in self.model_fields_set and self.domain != "code":
+                raise ValueError(f"benchmark '{self.name}': format {self.format} is a code benchmark, "
+                                 f"but its domain is given as '{self.domain}'")
+            self.domain = "code"
+            if self.source is not None:
+                raise ValueError(f"benchmark '{self.name}': format {self.format} needs a 'path', not a 'source'")
         return self
 
 
@@ -82,6 +105,11 @@ class EvalConfig(BaseModel):
     engine: dict = Field(default_factory=dict, description="vLLM engine settings (as teacher: max_model_len, ...)")
     vote_ties: Literal["first", "wrong"] = Field(
         default="first", description="cons@k on a tied vote: 'first' = the tied answer seen first wins; 'wrong'")
+    backend: dict = Field(default_factory=dict, description="every model's backend unless it names its own: {} or "
+                          "{backend: vllm}: the offline engine (settings in eval.engine); {backend: openai, "
+                          "base_url or base_urls, api, ...}: an OpenAI-compatible server (model: the model's path)")
+    table: Literal["default", "r1"] = Field(default="default", description="r1: also the R1 paper's distilled-model "
+                                            "table (AIME 2024 pass@1 and cons@k, MATH-500, GPQA, LiveCodeBench)")
 
     @model_validator(mode="after")
     def _unique_names(self) -> "EvalConfig":
@@ -89,10 +117,17 @@ class EvalConfig(BaseModel):
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(f"{kind} names must be unique; repeated: {dupes}")
+        from factory.eval.backends import server_config
+
+        for model in self.models:  # a bad backend block fails here, at load time, naming the model
+            server_config(model, self)
         return self
 
     def limit_for(self, benchmark: BenchmarkConfig) -> int | None:
         return benchmark.limit if benchmark.limit is not None else self.limit
+
+    def k_for(self, benchmark: BenchmarkConfig) -> int:
+        return benchmark.k if benchmark.k is not None else self.k
 
 
 def resolve_local(path: str, base_dir: Path | None) -> Path | None:

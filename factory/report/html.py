@@ -141,7 +141,22 @@ def eval_section(run_dir: Path) -> tuple[Section, dict | None]:
               for r in rows}
     section.plot = Markup(plots.grouped_bars(benchmarks, models, values, "pass@1 (%) ± SE by benchmark", "pass@1 (%)",
                                              y_max=100.0))
-    return section, {"benchmarks": benchmarks, "grid": grid, "rows": rows}
+    return section, {"benchmarks": benchmarks, "grid": grid, "rows": rows, "r1": r1_table(run_dir, section.notes)}
+
+
+def r1_table(run_dir: Path, notes: list[str]) -> dict | None:
+    """The R1 paper's table layout (DIR/eval/r1_table.json, written by `factory eval` with eval.table: r1)."""
+    path = run_dir / "eval" / "r1_table.json"
+    table = read_json(path, notes) if path.exists() else None
+    if table is None:
+        return None
+    columns = table.get("columns") if isinstance(table, dict) else None
+    rows = table.get("rows") if isinstance(table, dict) else None
+    if not isinstance(columns, list) or not isinstance(rows, list) or not all(
+            isinstance(r, dict) and len(r.get("values") or []) == len(columns) for r in rows):
+        notes.append(f"{path}: expected columns and rows with one value per column")
+        return None
+    return table
 
 
 # --- page ----------------------------------------------------------------------------------------------------
@@ -157,6 +172,10 @@ def build_context(run_dir: Path) -> dict:
             "share of the k samples that are correct", per="prompt_id", value_range=(0.0, 1.0))),
         samples.lang_section(run_dir),
     ]
+    if (run_dir / "grpo").is_dir():  # the GRPO stage's step log, for runs that have one
+        from factory.report.grpo import grpo_section
+
+        distributions.append(grpo_section(run_dir))
     return {"run_name": run_dir.resolve().name, "run_dir": str(run_dir),
             "generated": dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
             "funnel": funnel, "funnel_rows": funnel_table, "curate_funnel": curate_funnel,
