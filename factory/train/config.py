@@ -58,6 +58,9 @@ class SFTConfig(Strict):
 
     # speed and memory
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
+    export_dtype: Literal["bf16", "fp32", "training"] = Field(
+        "bf16", description="dtype of DIR/sft/model: bf16 (half the size of fp32; what vLLM serves it in), fp32, "
+                            "or the training precision")
     gradient_checkpointing: bool = True
     bf16_compute_copy: bool = Field(
         True, description="full FT in bf16 in one process (no FSDP): fp32 master weights, compute on a bf16 copy "

@@ -24,7 +24,7 @@ def export_student(cfg: SFTConfig, accelerator, model, out: Path, tokenizer, eos
     model_dir = out / "model"
     adapter_dir = out / "adapter" if cfg.mode == "lora" else None
     if accelerator.is_main_process:
-        dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+        dtype = _export_dtype(cfg.export_dtype, precision)
         if cfg.mode == "lora":
             peft_model = _peft_on_cpu(unwrapped, full_sd) if distributed else unwrapped
             peft_model.save_pretrained(str(adapter_dir))
@@ -40,6 +40,12 @@ def export_student(cfg: SFTConfig, accelerator, model, out: Path, tokenizer, eos
             _normal_file_modes(folder)
     accelerator.wait_for_everyone()
     return (model_dir if model_dir.exists() else None), adapter_dir
+
+
+def _export_dtype(export_dtype: str, precision: str) -> torch.dtype:
+    """The exported weights' dtype: `export_dtype`, where "training" is the run's precision (fp32 on CPU)."""
+    name = precision if export_dtype == "training" else export_dtype
+    return torch.bfloat16 if name == "bf16" else torch.float32
 
 
 def _normal_file_modes(folder: Path | None) -> None:
@@ -82,6 +88,10 @@ def _save_model(model, state_dict, path: Path, dtype, eos_token_ids) -> None:
         model.generation_config.eos_token_id = eos_token_ids if len(eos_token_ids) > 1 else eos_token_ids[0]
         model.config.eos_token_id = model.generation_config.eos_token_id
     model.save_pretrained(str(path), state_dict=state_dict)
+    # save_pretrained records the in-memory model's dtype (fp32 when trained on the CPU), not the saved tensors'
+    trained_dtype, model.config.dtype = model.config.dtype, dtype
+    model.config.save_pretrained(str(path))
+    model.config.dtype = trained_dtype
 
 
 def _save_tokenizer(tokenizer, path: Path) -> None:
