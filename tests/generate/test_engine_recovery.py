@@ -116,7 +116,7 @@ from factory.config import PipelineConfig
 from factory.generate.stage import run_generate
 if __name__ == "__main__":
     cfg = PipelineConfig.model_validate({"name": "t", "prompts": [{"kind": "arithmetic", "n": int(sys.argv[2])}],
-        "teacher": {"model": "embedded", "max_model_len": 512, "kv_cache_gib": 1},
+        "teacher": {"model": "embedded", "max_model_len": 512, "kv_cache_gib": 1, "max_inflight": 2},
         "sampling": {"n": 2, "max_tokens": 48}, "generate": {"shard_size": 2}})
     run_generate(cfg, Path(sys.argv[1]))  # argv: run folder, prompts
     print("done", flush=True)
@@ -137,8 +137,9 @@ def _run_child(run_dir, sig: int | None, prompts: int = 16) -> tuple[int, list[t
     """Run a `run_generate` subprocess, watching its processes; with `sig`, send it once one more shard is in."""
     ledger = run_dir / "generate" / "ledger.jsonl"
     committed = len(ledger.read_text().splitlines()) if ledger.exists() else 0
+    log = open(run_dir.parent / f"{run_dir.name}-child-{committed}.log", "w+")  # a file: a full pipe would block it
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(run_dir), str(prompts)], env={**os.environ},
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             stdout=log, stderr=subprocess.STDOUT, text=True)
     parent, seen, deadline = psutil.Process(child.pid), {}, time.monotonic() + 600
     while child.poll() is None and time.monotonic() < deadline:
         seen.update(_descendants(parent))
@@ -147,7 +148,9 @@ def _run_child(run_dir, sig: int | None, prompts: int = 16) -> tuple[int, list[t
             break
         time.sleep(0.3)
     code = child.wait(timeout=120)
-    return code, list(seen.values()), child.stdout.read()
+    log.seek(0)
+    with log:
+        return code, list(seen.values()), log.read()
 
 
 def _left(procs: list[tuple[psutil.Process, str]]) -> list[str]:
