@@ -18,14 +18,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--set", dest="overrides", action="append", default=[])
-    args = ap.parse_args()
-    out = args.out or Path(tempfile.mkdtemp(prefix="factory-demo-"))
-    cmd = [sys.executable, "-m", "factory", "run", str(REPO / "pipelines" / "demo.yaml"), "--out", str(out)]
-    for item in args.overrides:
+def run_pipeline(pipeline: str, overrides: list[str], out: Path) -> tuple[float, dict, dict]:
+    """`factory run pipelines/<pipeline>` into `out`: (wall seconds, seconds per stage, eval scores per model)."""
+    cmd = [sys.executable, "-m", "factory", "run", str(REPO / "pipelines" / pipeline), "--out", str(out)]
+    for item in overrides:
         cmd += ["--set", item]
     started = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "FACTORY_PROGRESS": "0"})
@@ -34,6 +30,16 @@ def main() -> None:
     summary = json.loads((out / "eval" / "summary.json").read_text())
     scores = {row["model"]: {k: row.get(k) for k in ("pass@1", "pass@1_se", "cons@k", "k", "n_problems",
                                                        "mean_tokens", "truncation_rate")} for row in summary}
+    return wall, timings, scores
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--set", dest="overrides", action="append", default=[])
+    args = ap.parse_args()
+    out = args.out or Path(tempfile.mkdtemp(prefix="factory-demo-"))
+    wall, timings, scores = run_pipeline("demo.yaml", args.overrides, out)
     result = {"bench": "demo", "device": f"CPU ({os.cpu_count()} cores, {platform.machine()})", "wall_s": round(wall, 1),
               "stage_s": timings, "scores": scores, "out": str(out)}
     before, after = scores.get("base", {}), scores.get("student", {})

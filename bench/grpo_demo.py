@@ -10,13 +10,14 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from demo import run_pipeline  # noqa: E402  (the demo bench's run-and-score, shared)
+
 CURVES = {"reward": "reward", "accuracy": "rewards/accuracy/mean", "format": "rewards/format/mean",
           "mean_length": "completions/mean_length", "kl": "kl", "clip_fraction": "clip_ratio/region_mean"}
 
@@ -36,16 +37,7 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=REPO / "bench" / "results" / "grpo_demo.json")
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="factory-grpo-demo-"))
-    cmd = [sys.executable, "-m", "factory", "run", str(REPO / "pipelines" / "r1_zero_demo.yaml"), "--out", str(out)]
-    for item in args.overrides:
-        cmd += ["--set", item]
-    started = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO, env={**os.environ, "FACTORY_PROGRESS": "0"})
-    wall = time.perf_counter() - started
-    timings = json.loads((out / "timings.json").read_text())
-    summary = json.loads((out / "eval" / "summary.json").read_text())
-    scores = {row["model"]: {k: row.get(k) for k in ("pass@1", "pass@1_se", "cons@k", "k", "n_problems",
-                                                       "mean_tokens", "truncation_rate")} for row in summary}
+    wall, timings, scores = run_pipeline("r1_zero_demo.yaml", args.overrides, out)
     curve = curves(out / "grpo" / "train_log.jsonl")
     before, after = scores.get("base", {}), scores.get("grpo", {})
     gain = (after.get("pass@1") or 0) - (before.get("pass@1") or 0)
