@@ -71,9 +71,71 @@ def check_reference(grpo: GRPOConfig, policy: str) -> str | None:
     return ref
 
 
-def check_device(grpo: GRPOConfig) -> None:
+def resolve_use_vllm(grpo: GRPOConfig) -> bool:
+    """`use_vllm: auto` is on where TRL's colocated vLLM can run: a GPU and an importable vLLM."""
+    import importlib.util
+
     import torch
 
-    if grpo.use_vllm and not torch.cuda.is_available():
+    if grpo.vllm_mode == "server":  # rollouts come from the server, whatever this machine has
+        return True
+    if grpo.use_vllm != "auto":
+        return bool(grpo.use_vllm)
+    return torch.cuda.is_available() and importlib.util.find_spec("vllm") is not None
+
+
+def check_device(grpo: GRPOConfig) -> None:
+    import importlib.util
+
+    import torch
+
+    if grpo.use_vllm is True and not torch.cuda.is_available():
         raise GRPOInputError("grpo.use_vllm: vLLM rollouts are colocated on the training GPU; on the CPU set "
-                             "use_vllm: false (rollouts by model.generate)")
+                             "use_vllm: false or auto (rollouts by model.generate)")
+    if grpo.use_vllm is True and importlib.util.find_spec("vllm") is None:
+        raise GRPOInputError("grpo.use_vllm: vLLM is not installed (pip install 'factory[gpu]'), or set "
+                             "use_vllm: auto")
+
+
+def check_processes(grpo: GRPOConfig, processes: int) -> None:
+    """`prompts_per_step` is per optimizer step over all processes: each takes prompts_per_step / processes whole
+    groups (TRL's per-device batch), so it must divide, and so must the micro-batches."""
+    if grpo.prompts_per_step % processes:
+        raise GRPOInputError(f"grpo.prompts_per_step={grpo.prompts_per_step} does not divide by the {processes} "
+                             f"training processes (each takes whole groups of G); use a multiple of {processes}")
+    per_process = grpo.prompts_per_step // processes * grpo.num_generations
+    if grpo.micro_batch_size is not None and per_process % grpo.micro_batch_size:
+        raise GRPOInputError(f"grpo.micro_batch_size={grpo.micro_batch_size} must divide each process's "
+                             f"{per_process} samples (prompts_per_step / {processes} processes × G)")
+
+
+def check_server(grpo: GRPOConfig) -> None:
+    """Server mode: the vLLM server answers its /health within `vllm_server_timeout_s`, and this process has a GPU
+    (TRL syncs the weights to the server over NCCL after each step)."""
+    if grpo.vllm_mode != "server":
+        return
+    import time
+    import urllib.error
+    import urllib.request
+
+    url = grpo.vllm_server_base_url.rstrip("/")
+    deadline, error = time.monotonic() + grpo.vllm_server_timeout_s, None
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=min(10.0, grpo.vllm_server_timeout_s)) as resp:
+                if resp.status == 200:
+                    break
+                error = f"HTTP {resp.status}"
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            error = str(getattr(exc, "reason", exc))
+        if time.monotonic() >= deadline:
+            raise GRPOInputError(f"grpo.vllm_server_base_url: no vLLM server answers at {url}/health after "
+                                 f"{grpo.vllm_server_timeout_s:g} s ({error}); start one with `trl vllm-serve "
+                                 f"--model POLICY` (pipelines/cluster/grpo-2gpu.sbatch), fix the URL, or set "
+                                 f"grpo.vllm_mode: colocate")
+        time.sleep(1.0)
+    import torch
+
+    if not torch.cuda.is_available():
+        raise GRPOInputError("grpo.vllm_mode: server mode sends the updated weights to the vLLM server over NCCL, "
+                             "which needs a GPU in the trainer; on the CPU use vllm_mode: colocate")

@@ -1,5 +1,6 @@
 """Rollouts are data: each generation step's P prompts × G samples become one trace shard,
-`DIR/grpo/rollouts/part-NNNNN.parquet` (N = the optimizer steps the policy had taken when it wrote them).
+`DIR/grpo/rollouts/part-NNNNN.parquet` (N = step × processes + rank, step = the optimizer steps the policy had
+taken when it wrote them; one process: N = step).
 
 A shard holds the trace schema's columns (so verify and curate read it as traces: the paper's rejection sampling
 from the RL checkpoint) plus GRPO's own: `grpo_step`, `policy_step`, `policy` (what the weights were), `reward`

