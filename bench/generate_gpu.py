@@ -157,6 +157,14 @@ def run_workload(teacher, cfg_tree: dict, n_prompts: int, k: int, max_tokens: in
             "factory_share_of_roofline": round(ours_tps / roof["tokens_per_s"], 3)}
 
 
+def emit(result: dict, out: Path | None) -> None:
+    """The result as one JSON line on stdout, and indented into `out` when given (the GPU benches' last step)."""
+    print(json.dumps(result))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+
+
 def parse_workload(text: str) -> tuple[int, int, int]:
     n, k, m = (int(x) for x in text.split(":"))
     return n, k, m
@@ -218,11 +226,7 @@ def main() -> None:
               f"{r['factory_tokens_per_s']:.0f} tok/s vs raw vLLM {r['raw_vllm_tokens_per_s']:.0f} → ratio "
               f"{r['ratio']:.3f} (goal ≥ 0.97); first shard {r['first_shard_s']} s; roofline "
               f"{r['roofline']['tokens_per_s']:.0f} tok/s (raw at {r['raw_share_of_roofline']:.0%})")
-    text = json.dumps(result)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=1) + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
