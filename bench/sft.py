@@ -77,6 +77,11 @@ CASES = {
                                          "launch": "fsdp2_1gpu"}),
     "full_7b_fsdp_2gpu": ("7b", "ours", {**_FULL, "kernel": "auto", "ckpt": True, "micro": 32768,
                                          "launch": "fsdp2_2gpu"}),
+    # issue 20 (4 and 8 GPUs of one host): the same scaling questions on the larger kinds
+    **{f"full_1p5b_fsdp_{n}gpu": ("1p5b", "ours", {**_FULL, "kernel": "auto", "launch": f"fsdp2_{n}gpu"})
+       for n in (4, 8)},
+    **{f"full_7b_fsdp_{n}gpu": ("7b", "ours", {**_FULL, "kernel": "auto", "ckpt": True, "micro": 32768,
+                                               "launch": f"fsdp2_{n}gpu"}) for n in (4, 8)},
 }
 DEFAULT = "check,trl_1p5b,full_1p5b,full_1p5b_hybrid,lora_1p5b,lora_7b_32k"
 
