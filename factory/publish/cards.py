@@ -165,18 +165,29 @@ def validate_model_card(text: str, where: str = "model card") -> ModelCard:
 # ------------------------------------------------------------------------------------------------------ mixture
 def mixture_section(summary: dict) -> str:
     """The dataset card's "Mixture" section for a `factory mix` summary (`DIR/mix/mixture.json`): every source
-    with its run, path, rows available and taken, share and repeats, and the seed that fixes the draw."""
+    with its run, path, rows available and taken, share and repeats, and the seed that fixes the draw. Components
+    that carry `asked` (what the config asked for) or `domains`/`tracks` (rows per value) get those columns too."""
+    comps = summary["components"]
+    asked = any("asked" in c for c in comps)
     lines = ["## Mixture", "",
              f"{_num(summary['records_out'])} samples combined by `factory mix` from "
-             f"{len(summary['components'])} source(s), drawn with seed {summary['seed']} (the same seed and inputs "
-             f"give the same rows in the same order). Every row names its origin in the lineage columns "
-             f"`mix_component`, `mix_run`, `mix_path`, `mix_file` and `mix_row`.", "",
-             "| source | run | path | rows where | available | taken | share | repeated |",
-             "|---|---|---|---|---:|---:|---:|---:|"]
-    for c in summary["components"]:
+             f"{len(comps)} source(s), drawn with seed {summary['seed']} (the same seed and inputs "
+             f"give the same rows in the same order). Every row names its origin in five lineage columns: "
+             f"`mix_component` (the source below), `mix_run` (its run folder), `mix_path` (the curate folder or "
+             f"JSONL file), `mix_file` (the shard in it) and `mix_row` (the row in that file, 0-based).", "",
+             "| source | run | path | rows where | " + ("asked | " if asked else "")
+             + "available | taken | share | repeated |",
+             "|---|---|---|---|" + ("---|" if asked else "") + "---:|---:|---:|---:|"]
+    for c in comps:
         cells = [_cell(c["name"]), _cell(c.get("run")), f"`{_cell(c['path'])}`",
                  _cell("; ".join(f"{k} in {', '.join(v)}" for k, v in (c.get("filters") or {}).items())),
-                 _num(c["available"]), _num(c["taken"]),
+                 *([_cell(c.get("asked"))] if asked else []), _num(c["available"]), _num(c["taken"]),
                  f"{100 * c['share']:.2f}%", _num(c.get("repeats", 0))]
         lines.append("| " + " | ".join(cells) + " |")
+    if any(c.get("domains") or c.get("tracks") for c in comps):
+        lines += ["", "Rows taken per domain and track:", "", "| source | domains | tracks |", "|---|---|---|"]
+        for c in comps:
+            parts = [", ".join(f"{_cell(k)} {_num(n)}" for k, n in (c.get(col) or {}).items())
+                     for col in ("domains", "tracks")]
+            lines.append(f"| {_cell(c['name'])} | {parts[0]} | {parts[1]} |")
     return "\n".join(lines) + "\n"

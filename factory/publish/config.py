@@ -26,7 +26,7 @@ feature-extraction text-ranking
 
 
 class DatasetPublishConfig(BaseModel):
-    """How the curated dataset becomes a Hub dataset repo."""
+    """How the curated dataset (or the run's mixture) becomes a Hub dataset repo."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -37,7 +37,11 @@ class DatasetPublishConfig(BaseModel):
     language: list[str] = ["en"]
     task_categories: list[str] = ["text-generation"]
     tags: list[str] = ["reasoning", "distillation", "synthetic", "chain-of-thought", "factory"]
-    schema_name: str = Field("curated", description="the schema the curate shards must carry")
+    source: Literal["auto", "curate", "mix"] = Field(
+        "auto", description="what to publish: DIR/curate, or DIR/mix (a `factory mix` mixture); auto: DIR/mix "
+                            "when the run holds one, else DIR/curate")
+    schema_name: str | None = Field(None, description="the schema the input shards must carry; default: `curated` "
+                                                      "for DIR/curate, `mixed` for DIR/mix")
     split_by: str | None = Field("domain", description="column whose values become configs (plus `all`)")
     columns: list[str] | None = Field(None, description="columns to publish; all of the schema when unset")
     shard_size_mb: float = Field(500.0, gt=0, le=50_000,

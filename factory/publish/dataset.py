@@ -1,4 +1,5 @@
-"""Build the Hub repo folder of a curated dataset: resharded Parquet per config, an optional rejected split, a card.
+"""Build the Hub repo folder of a curated dataset (DIR/curate) or of a mixture (DIR/mix, `publish.dataset.source`):
+resharded Parquet per config, an optional rejected split, a card (with a "Mixture" section for a mixture).
 
 Layout (the convention of open-r1's Mixture-of-Thoughts): `data/<domain>/train-XXXXX-of-YYYYY.parquet`, one config
 per domain plus `all` (the default), whose data files are the domain folders' shards, so no sample is stored twice.
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 from factory.core.schema import Schema
 from factory.core.shards import list_parts
 from factory.publish.cards import (
+    mixture_section,
     render,
     size_category,
     validate_dataset_card,
@@ -30,6 +32,7 @@ from factory.publish.common import (
     write_text_atomic,
 )
 from factory.publish.config import DatasetPublishConfig  # noqa: F401
+from factory.publish.mixture import mixture_summary, resolve_input
 from factory.publish.reshard import (  # noqa: F401
     ALL,
     REJECTED,
@@ -57,6 +60,7 @@ class DatasetBuild:
     schema: Schema
     records_in: int
     rejected_rows: int = 0
+    source: str = "curate"  # the folder published: DIR/curate or DIR/mix
 
 
 
@@ -86,7 +90,7 @@ def _field_docs(schema: pa.Schema) -> list[dict]:
              "doc": (f.metadata or {}).get(b"doc", b"").decode()} for f in schema]
 
 
-def collect_provenance(run_dir: Path) -> dict:
+def collect_provenance(run_dir: Path, stages: tuple[str, ...] = ("generate", "verify", "curate")) -> dict:
     """What the card says about where the samples came from, read from the stages' manifests and funnel.json."""
     curate_cfg = stage_config(run_dir, "curate")
     funnel = read_json(run_dir / "curate" / "funnel.json")
@@ -101,8 +105,7 @@ def collect_provenance(run_dir: Path) -> dict:
         "funnel": funnel_rest or None,
         "decontam_config": curate_decontam or None,
         "decontam_counts": funnel_decontam or None,
-        "stage_counts": {s: c for s in ("generate", "verify", "curate")
-                         if isinstance(c := read_json(run_dir / s / "counts.json"), dict)},
+        "stage_counts": {s: c for s in stages if isinstance(c := read_json(run_dir / s / "counts.json"), dict)},
     }
 
 
@@ -137,16 +140,13 @@ def _folder_bytes(folder: Path) -> int:
 
 def build_dataset_folder(run_dir: Path, folder: Path, cfg: DatasetPublishConfig, repo_id: str,
                          model_repo_id: str | None = None) -> DatasetBuild:
-    """Build the repo folder of DIR/curate into `folder` (written beside it, swapped in when complete)."""
+    """Build the repo folder of DIR/curate or DIR/mix (`cfg.source`) into `folder` (written beside it, swapped in
+    when complete)."""
     from huggingface_hub import DatasetCardData
 
-    curate_dir = run_dir / "curate"
-    shards = list_parts(curate_dir) if curate_dir.is_dir() else []
-    if not shards:
-        raise PublishError(f"{curate_dir}: no part-*.parquet shards; nothing to publish (run `factory curate` first)")
-    if not (curate_dir / "counts.json").exists():
-        raise PublishError(f"{curate_dir}: the stage has not finished (no counts.json); rerun it to complete it")
-    schema = check_uniform_schema(shards, expected=cfg.schema_name)
+    inp = resolve_input(run_dir, cfg)
+    shards = inp.shards
+    schema = check_uniform_schema(shards, expected=inp.schema_name)
     columns = list(cfg.columns or schema.names)
     unknown = [c for c in columns if c not in schema.names]
     if unknown:
@@ -160,11 +160,13 @@ def build_dataset_folder(run_dir: Path, folder: Path, cfg: DatasetPublishConfig,
     plans = plan_configs(shards, cfg.split_by, columns)
     records_in = sum(p.rows for p in plans.values())
     if records_in == 0:
-        raise PublishError(f"{curate_dir}: the shards hold no rows; nothing to publish")
+        raise PublishError(f"{inp.folder}: the shards hold no rows; nothing to publish")
     out_schema = _output_schema(schema, columns)
+    mixture = mixture_summary(inp) if inp.kind == "mix" else None
 
     with staged_dir(folder) as tmp:
-        nbytes = _reshard(shards, tmp, plans, cfg.split_by, columns, out_schema, cfg, "train", "curated samples")
+        label = "the mixture" if mixture else "curated samples"
+        nbytes = _reshard(shards, tmp, plans, cfg.split_by, columns, out_schema, cfg, "train", label)
         infos: dict[str, tuple] = {}
         data_files: dict[str, list[dict]] = {}
         for key, plan in plans.items():
@@ -186,13 +188,14 @@ def build_dataset_folder(run_dir: Path, folder: Path, cfg: DatasetPublishConfig,
             size_categories=size_category(records_in), tags=cfg.tags, pretty_name=cfg.pretty_name or repo_id,
         )
         _metadata(card_data, infos, data_files)
-        context = _card_context(run_dir, repo_id, model_repo_id, cfg, schema, out_schema, plans, records_in, rejected)
+        context = _card_context(run_dir, repo_id, model_repo_id, cfg, schema, out_schema, plans, records_in, rejected,
+                                mixture)
         text = render("dataset_card.md.jinja", card_data, **context)
         validate_dataset_card(text, where=f"{folder / 'README.md'}")
         write_text_atomic(tmp / "README.md", text)
     configs = {name: info[2] for name, info in infos.items()}
     return DatasetBuild(folder=folder, configs=configs, files=folder_files(folder), card_text=text, schema=schema,
-                        records_in=records_in, rejected_rows=rejected["rows"] if rejected else 0)
+                        records_in=records_in, rejected_rows=rejected["rows"] if rejected else 0, source=inp.kind)
 
 
 def _build_rejected(run_dir: Path, tmp: Path, cfg: DatasetPublishConfig) -> dict | None:
@@ -227,7 +230,7 @@ def _build_rejected(run_dir: Path, tmp: Path, cfg: DatasetPublishConfig) -> dict
 
 def _card_context(run_dir: Path, repo_id: str, model_repo_id: str | None, cfg: DatasetPublishConfig,
                   schema: Schema, out_schema: pa.Schema, plans: dict[str, ConfigPlan], records_in: int,
-                  rejected: dict | None) -> dict:
+                  rejected: dict | None, mixture: dict | None = None) -> dict:
     configs = [{"name": key, "rows": plan.rows, "mean_tokens": plan.mean_tokens} for key, plan in plans.items()]
     sources: dict[str, dict[str, int]] = defaultdict(dict)  # source -> {config: rows}
     teachers: Counter = Counter()
@@ -253,5 +256,6 @@ def _card_context(run_dir: Path, repo_id: str, model_repo_id: str | None, cfg: D
         "schema_version": schema.version,
         "fields": _field_docs(out_schema),
         "rejected": rejected,
-        **collect_provenance(run_dir),
+        "mixture": mixture_section(mixture) if mixture else None,
+        **collect_provenance(run_dir, ("generate", "verify", "curate") + (("mix",) if mixture else ())),
     }

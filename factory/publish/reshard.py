@@ -88,7 +88,8 @@ def plan_configs(shards: list[Path], split_by: str | None, columns: list[str]) -
             keys = table[split_by].to_pylist()
             missing = next((i for i, k in enumerate(keys) if k in (None, "")), None)
             if missing is not None:
-                raise PublishError(f"{path}: record {missing} has no {split_by!r}; cannot assign it to a config")
+                raise PublishError(f"{path}: record {missing} has no {split_by!r}; cannot assign it to a config "
+                                   f"(set publish.dataset.split_by to another column, or null for one config)")
         else:
             keys = [ALL] * table.num_rows
         counts = Counter(keys)

@@ -1,7 +1,9 @@
 """`factory publish`: build the dataset and model repo folders of a run, then upload them to the Hub.
 
 Order matters for bad input: the repo id and the token are checked before anything is read or written, so a
-missing token fails in a second, not after resharding a large dataset (a dry run needs no token).
+missing token fails in a second, not after resharding a large dataset (a dry run needs no token). The build and the
+upload hold DIR/publish's writer lock: a second publish of the same run is refused (`StageLocked`, naming the
+holder) before it touches DIR/publish.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from factory.core.lock import stage_lock
 from factory.publish.common import PublishError, assert_secret_absent, write_json_atomic
 from factory.publish.config import PublishConfig  # noqa: F401
 from factory.publish.dataset import DatasetBuild, build_dataset_folder
@@ -60,16 +63,26 @@ def run_publish(config: PublishConfig, out_dir: Path | str, repo_id: str | None 
         require_online()
     if not run_dir.is_dir():
         raise PublishError(f"{run_dir}: no such run folder")
-    want_model = config.model.enabled if config.model.enabled is not None else sft_artifact(run_dir, config.model.artifact) is not None
+    want_model = (config.model.enabled if config.model.enabled is not None
+                  else sft_artifact(run_dir, config.model.artifact) is not None)
     if not config.dataset.enabled and not want_model:
         raise PublishError("publish: both publish.dataset.enabled and publish.model.enabled are off; nothing to do")
 
     stage_dir = run_dir / STAGE
-    stage_dir.mkdir(exist_ok=True)
+    with stage_lock(stage_dir):  # one publish of a run at a time; a failed first start leaves no DIR/publish
+        return _build_and_upload(config, run_dir, stage_dir, repo_id, model_repo_id, want_model, private, token,
+                                 dry_run, console)
+
+
+def _build_and_upload(config: PublishConfig, run_dir: Path, stage_dir: Path, repo_id: str, model_repo_id: str,
+                      want_model: bool, private: bool, token: str | None, dry_run: bool,
+                      console: Console) -> PublishResult:
+    """Build the repo folders under DIR/publish, plan their uploads, and (unless `dry_run`) upload them."""
     dataset = model = None
     if config.dataset.enabled:
         dataset = build_dataset_folder(run_dir, stage_dir / "dataset", config.dataset, repo_id,
                                        model_repo_id if want_model else None)
+        console.print(f"dataset: {dataset.records_in:,} samples from {run_dir / dataset.source}")
     if want_model:
         model = build_model_folder(run_dir, stage_dir / "model", config.model, model_repo_id,
                                    repo_id if dataset else None)
@@ -112,6 +125,7 @@ def _write_record(stage_dir: Path, config: PublishConfig, result: PublishResult,
         "records_out": ds.configs.get("all", ds.records_in) if ds else 0,
         "dropped": {},
         "extra": {
+            "source": ds.source if ds else None,
             "configs": ds.configs if ds else {},
             "rejected_rows": ds.rejected_rows if ds else 0,
             "model_kind": result.model.kind if result.model else None,
