@@ -126,8 +126,9 @@ def release(folder: Path) -> None:
     if entry[1] > 0:
         return
     del _held[key]
-    with contextlib.suppress(FileNotFoundError):
-        (Path(folder) / LOCK_NAME).unlink()
+    if _still_ours(entry[0], folder):  # a folder swapped into place since holds no lock of ours (or another's)
+        with contextlib.suppress(FileNotFoundError):
+            (Path(folder) / LOCK_NAME).unlink()
     os.close(entry[0])
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from factory.core.config import dump_config
+from factory.core.lock import stage_lock
 from factory.core.progress import console
 from factory.core.shards import StageConfigChanged, fingerprint, write_json_atomic, write_table_atomic
 from factory.curate.mixture import MixtureError, Taker, choose_rows, interleave, largest_total, split_counts
@@ -102,9 +103,22 @@ def mix_stage(config: MixConfig, out_dir: Path, *, run_dir: Path | None = None, 
     out_dir = Path(out_dir)
     sources, targets = plan(config, run_dir)
     manifest = _manifest(config, sources, targets)
+    # One writer: DIR/mix's lock is held from here until the finished folder has been swapped into place, so a
+    # second mix of the same run is refused rather than removing the first one's build folder below.
+    with stage_lock(out_dir, committed=lambda folder: (folder / "counts.json").exists()):
+        return _locked_build(config, sources, targets, manifest, out_dir, new_run)
+
+
+def _occupied(folder: Path) -> bool:
+    """Whether `folder` holds a mixture (or anything but hidden entries such as the writer lock)."""
+    return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())
+
+
+def _locked_build(config: MixConfig, sources: list[Source], targets: list[int], manifest: dict, out_dir: Path,
+                  new_run: bool) -> dict:
     for stale in out_dir.parent.glob(f".{out_dir.name}.*-*"):  # a build or swap cut short by a crash
         shutil.rmtree(stale, ignore_errors=True)
-    if out_dir.exists() and not new_run:
+    if _occupied(out_dir) and not new_run:
         try:
             old = json.loads((out_dir / "manifest.json").read_text())
         except (OSError, ValueError):

@@ -176,9 +176,9 @@ def test_a_build_cut_short_leaves_nothing_and_the_rerun_cleans_up(tmp_path, runs
     monkeypatch.setattr(stage, "write_table_atomic", crash_on_second_shard)
     with pytest.raises(OSError, match="disk full"):
         mix_stage(cfg, out)
-    assert list(out.parent.iterdir()) == []  # no half mixture, no temp folder
+    assert not out.parent.exists()  # no half mixture, no temp folder: the run folder this start made is gone too
     monkeypatch.setattr(stage, "write_table_atomic", real)
-    (out.parent / ".mix.tmp-99999").mkdir()  # what kill -9 during a build leaves behind
+    (out.parent / ".mix.tmp-99999").mkdir(parents=True)  # what kill -9 during a build leaves behind
     (out.parent / ".mix.tmp-99999" / "part-00000.parquet").write_bytes(b"torn")
     assert mix_stage(cfg, out)["records_out"] == 30
     assert sorted(p.name for p in out.parent.iterdir()) == ["mix"] and len(read_mix(out, ["prompt_id"])) == 30
