@@ -46,6 +46,16 @@ TEMPLATE = {"kind": "r1_zero"}
 ARMS = ("factory", "trl_defaults", "trl_vllm")
 
 
+def add_workload_args(ap: argparse.ArgumentParser) -> None:
+    """The workload options `pipeline_tree` reads (bench/grpo_modes.py runs the same workload)."""
+    ap.add_argument("--generations", type=int, default=16, help="G")
+    ap.add_argument("--prompts-per-step", type=int, default=8)
+    ap.add_argument("--max-completion", type=int, default=1024)
+    ap.add_argument("--steps", type=int, default=4, help="optimizer steps per arm (the first is warm-up)")
+    ap.add_argument("--micro-batch", type=int, default=8, help="the factory arm's micro_batch_size")
+    ap.add_argument("--reward-workers", type=int, default=4)
+
+
 def pipeline_tree(args, model_dir: Path) -> dict:
     n = args.prompts_per_step * args.steps
     grpo = {"policy": str(model_dir), "num_generations": args.generations, "prompts_per_step": args.prompts_per_step,
@@ -200,12 +210,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-1.5b")
     ap.add_argument("--tokenizer", type=Path, required=True, help="folder with tokenizer.json (the embedded one)")
-    ap.add_argument("--generations", type=int, default=16, help="G")
-    ap.add_argument("--prompts-per-step", type=int, default=8)
-    ap.add_argument("--max-completion", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=4, help="optimizer steps per arm (the first is warm-up)")
-    ap.add_argument("--micro-batch", type=int, default=8, help="the factory arm's micro_batch_size")
-    ap.add_argument("--reward-workers", type=int, default=4)
+    add_workload_args(ap)
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--timeout", type=int, default=900, help="seconds per arm")
     ap.add_argument("--out", type=Path)

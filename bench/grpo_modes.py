@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from generate_gpu import SHAPES, GPUMemory, build_model, emit  # noqa: E402
-from grpo_gpu import _versions, pipeline_tree, summarise  # noqa: E402
+from grpo_gpu import _versions, add_workload_args, pipeline_tree, summarise  # noqa: E402
 
 ARMS = ("colocate", "server")
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -176,12 +176,7 @@ def main() -> None:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="qwen2.5-1.5b")
     ap.add_argument("--tokenizer", type=Path, help="folder with only the tokenizer's files; default: the embedded "
                                                    "model's tokenizer, saved alone")
-    ap.add_argument("--generations", type=int, default=16, help="G")
-    ap.add_argument("--prompts-per-step", type=int, default=8)
-    ap.add_argument("--max-completion", type=int, default=1024)
-    ap.add_argument("--steps", type=int, default=4, help="optimizer steps per arm (the first is warm-up)")
-    ap.add_argument("--micro-batch", type=int, default=8, help="micro_batch_size")
-    ap.add_argument("--reward-workers", type=int, default=4)
+    add_workload_args(ap)
     ap.add_argument("--max-model-len", type=int, default=2048)
     ap.add_argument("--server-gpu-memory", type=float, default=0.9, help="the server's gpu_memory_utilization")
     ap.add_argument("--server-timeout", type=float, default=600.0)

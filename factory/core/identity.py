@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from factory.core.jsonl import iter_log
+
 
 class StageConfigChanged(RuntimeError):
     """The stage folder was written with a different configuration or input; `changes` says what changed."""
@@ -54,16 +56,8 @@ def _read_json(path: Path) -> dict:
 def parts_digest(stage_path: Path) -> str:
     """A digest of the committed parts' checksums (from the ledger; a part without one is hashed here)."""
     stage_path = Path(stage_path)
-    known: dict[str, str] = {}
-    ledger = stage_path / "ledger.jsonl"
-    if ledger.exists():
-        for line in ledger.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue
-            if entry.get("sha256") and entry.get("part"):
-                known[entry["part"]] = entry["sha256"]
+    known = {entry["part"]: entry["sha256"] for _, entry, _ in iter_log(stage_path / "ledger.jsonl")
+             if entry and entry.get("sha256") and entry.get("part")}
     digest = hashlib.sha256()
     for part in sorted(stage_path.glob("part-*.parquet")):
         digest.update(f"{part.name}:{known.get(part.name) or file_sha256(part)}\n".encode())

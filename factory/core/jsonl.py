@@ -37,3 +37,24 @@ def iter_jsonl(path: Path, error: type[Exception] = ValueError) -> Iterator[tupl
             if not isinstance(row, dict):
                 raise error(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             yield lineno, row
+
+
+def iter_log(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    """Yield (line number, object, None) for each non-blank line of a log the factory appends to (a ledger, a step
+    log), or (line number, None, why) for a line that is not a JSON object (one a kill tore); nothing when the file
+    is missing. Readers skip or note the bad lines; the writer's next append is unaffected."""
+    path = Path(path)
+    if not path.exists():
+        return
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield number, None, f"not JSON ({exc.msg})"
+            continue
+        if isinstance(entry, dict):
+            yield number, entry, None
+        else:
+            yield number, None, f"not a JSON object ({type(entry).__name__})"

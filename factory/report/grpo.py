@@ -2,12 +2,12 @@
 length grows as training goes), KL to the reference and clip fraction, read from DIR/grpo/train_log.jsonl."""
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from markupsafe import Markup, escape
 
+from factory.core.jsonl import iter_log
 from factory.report import plots
 from factory.report.section import Section
 
@@ -23,13 +23,10 @@ CHARTS = [(("reward", "rewards/accuracy/mean", "rewards/format/mean"), "Reward, 
 
 def read_log(path: Path, notes: list[str]) -> list[dict]:
     rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as exc:
-            notes.append(f"{path.name} line {number}: not JSON ({exc.msg})")
-            continue
-        if isinstance(entry, dict) and isinstance(entry.get("step"), (int, float)):
+    for number, entry, why in iter_log(path):
+        if why and why.startswith("not JSON"):
+            notes.append(f"{path.name} line {number}: {why}")
+        elif entry and isinstance(entry.get("step"), (int, float)):
             rows.append(entry)
     return rows
 

@@ -11,7 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from factory.core.identity import changed_error, fingerprint, require_finished, upstream_identity
+from factory.core.identity import (
+    changed_error,
+    fingerprint,
+    require_finished,
+    upstream_identity,
+)
+from factory.core.jsonl import iter_log
 from factory.train.config import SFTConfig
 
 SPEED_ONLY = {"progress", "log_every_steps", "save_every_steps", "keep_checkpoints", "resume", "trust_remote_code",
@@ -81,14 +87,9 @@ def counts_from_log(log_path: Path) -> dict:
     """final_loss and tokens_per_s from train_log.jsonl's last line (a run resumed into its export trains no step
     in that process, so its own tally has neither)."""
     last = None
-    if log_path.exists():
-        for line in log_path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and "loss" in record:
-                last = record
+    for _, record, _ in iter_log(log_path):
+        if record and "loss" in record:
+            last = record
     if last is None:
         return {}
     elapsed = last.get("elapsed_s") or 0.0
